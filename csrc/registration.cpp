@@ -1,0 +1,62 @@
+// The op registry: every schema of the `wmk` library is declared here, once. Kernels register per
+// dispatch key next to their code (csrc/<family>/<op>_cpu.cpp, <op>_cuda.cu); Python adds the fake
+// (meta) kernels and autograd formulas in python/wmkernels/ops/.
+#include <omp.h>
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include <string>
+
+TORCH_LIBRARY(wmk, m) {
+  // Tokens: the base**num_factors factorization of the 1X tokens (2^18 = 512 x 512).
+  m.def("factorize_tokens(Tensor tokens, int factored_vocab_size=512, int num_factors=2) -> Tensor");
+  m.def("unfactorize_tokens(Tensor factors, int factored_vocab_size=512) -> Tensor");
+}
+
+namespace {
+
+namespace py = pybind11;
+
+py::list cpu_features() {
+  py::list features;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("sse4.2")) features.append("sse4.2");
+  if (__builtin_cpu_supports("avx")) features.append("avx");
+  if (__builtin_cpu_supports("avx2")) features.append("avx2");
+  if (__builtin_cpu_supports("fma")) features.append("fma");
+  if (__builtin_cpu_supports("avx512f")) features.append("avx512f");
+  if (__builtin_cpu_supports("avx512bw")) features.append("avx512bw");
+  if (__builtin_cpu_supports("avx512vl")) features.append("avx512vl");
+#elif defined(__aarch64__)
+  features.append("neon");
+#endif
+  return features;
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["torch_version"] = WMK_TORCH_VERSION;
+#ifdef WMK_WITH_CUDA
+  info["with_cuda"] = true;
+  info["cuda_version"] = WMK_CUDA_COMPILER_VERSION;
+  info["cuda_archs"] = WMK_CUDA_ARCHS;
+#else
+  info["with_cuda"] = false;
+  info["cuda_version"] = py::none();
+  info["cuda_archs"] = py::none();
+#endif
+  info["cxx_compiler"] = std::string(__VERSION__);
+  info["cxx_standard"] = static_cast<long>(__cplusplus);
+  info["native_build"] = WMK_NATIVE == 1;
+  info["cpu_features"] = cpu_features();
+  info["openmp_max_threads"] = omp_get_max_threads();
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "wmkernels compiled kernels; the ops live in torch.ops.wmk";
+  m.def("build_info", &build_info, "How this extension was built: torch, CUDA, CPU features, OpenMP");
+}

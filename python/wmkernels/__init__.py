@@ -1,0 +1,20 @@
+"""wmkernels: fused kernels for video world models, as drop-in torch.nn layers.
+
+Public API:
+    show_config()                          what this build has (torch, CUDA, CPU features, Triton)
+    factorize_tokens, unfactorize_tokens   the 2^18 = 512 x 512 token factorization of the 1X data
+    BACKENDS, BackendUnavailableError      backend choice: backend=... per call, or $WMK_BACKEND
+"""
+from wmkernels.config import show_config
+from wmkernels.ops import BACKENDS, BackendUnavailableError, factorize_tokens, unfactorize_tokens
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "__version__",
+    "factorize_tokens",
+    "show_config",
+    "unfactorize_tokens",
+]

@@ -1,0 +1,1 @@
+"""Triton kernels: the second GPU path (backend="triton"). Imported lazily, only when chosen."""

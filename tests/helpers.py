@@ -1,0 +1,25 @@
+"""Shared test helpers: which (device, backend) pairs can run here."""
+import importlib.util
+
+import pytest
+import torch
+
+from wmkernels.ops import _backend
+
+TRITON_MISSING = importlib.util.find_spec("triton") is None
+
+
+def backend_params():
+    """(device, backend) pairs for parametrize: CPU C++ and Triton-interpreter always, GPU ones marked `gpu`."""
+    triton_skip = pytest.mark.skipif(TRITON_MISSING, reason="Triton is not installed (pip install 'wmkernels[triton]')")
+    params = [
+        pytest.param("cpu", "auto", id="cpu-cpp"),
+        pytest.param("cpu", "triton", id="cpu-triton", marks=triton_skip),
+        pytest.param("cuda", "cuda", id="cuda-cuda", marks=pytest.mark.gpu),
+        pytest.param("cuda", "triton", id="cuda-triton", marks=[pytest.mark.gpu, triton_skip]),
+    ]
+    return params
+
+
+def cuda_kernels_built() -> bool:
+    return _backend._with_cuda()
