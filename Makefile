@@ -14,7 +14,7 @@ TORCH_CPU ?= 2.13.0
 TORCH_CUDA ?= 2.14.1
 CUDA_CHECK_ARCHS ?= 90a
 PYTEST_ARGS ?=
-BUILD_DEPS := scikit-build-core>=0.10 pybind11>=2.12 cmake>=3.26 ninja
+BUILD_DEPS := 'scikit-build-core>=0.10' 'pybind11>=2.12' 'cmake>=3.26' ninja
 
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q

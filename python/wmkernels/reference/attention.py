@@ -1,0 +1,39 @@
+"""Pure-PyTorch factorized spatiotemporal attention on the video layout (B, T, S, H, D).
+
+Spatial attention attends over the S tokens of each frame (each b, t, h); temporal attention over the
+T frames at each spatial position (each b, s, h), causally by default. Everything is computed in the
+inputs' dtype, by explicit matmul + softmax, so that the reference in dtype X is the yardstick the
+numerics rules of DESIGN.md compare kernels in dtype X against.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _attend(q, k, v, scale, causal):
+    # q: (..., Lq, D), k/v: (..., Lk, D). A causal mask is aligned to the end: query i of Lq sees keys
+    # j <= i + (Lk - Lq), so a single query frame attends to every cached frame and itself.
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if causal:
+        lq, lk = q.shape[-2], k.shape[-2]
+        allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def spatial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """q, k, v: (B, T, S, H, D) -> (B, T, S, H, D); bidirectional attention over S within each frame."""
+    out = _attend(q.permute(0, 1, 3, 2, 4), k.permute(0, 1, 3, 2, 4), v.permute(0, 1, 3, 2, 4), scale, False)
+    return out.permute(0, 1, 3, 2, 4)
+
+
+def temporal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, scale: float | None = None
+) -> torch.Tensor:
+    """q: (B, Tq, S, H, D), k, v: (B, Tk, S, H, D) -> (B, Tq, S, H, D); attention over frames per position.
+
+    With `causal`, query frame i sees key frames j <= i + (Tk - Tq) (aligned to the last frame).
+    """
+    out = _attend(q.permute(0, 2, 3, 1, 4), k.permute(0, 2, 3, 1, 4), v.permute(0, 2, 3, 1, 4), scale, causal)
+    return out.permute(0, 3, 1, 2, 4)
