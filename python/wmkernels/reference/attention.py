@@ -37,3 +37,21 @@ def temporal_attention(
     """
     out = _attend(q.permute(0, 2, 3, 1, 4), k.permute(0, 2, 3, 1, 4), v.permute(0, 2, 3, 1, 4), scale, causal)
     return out.permute(0, 3, 1, 2, 4)
+
+
+def frame_decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, num_frames: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """Temporal attention of one frame's queries against a frame KV cache.
+
+    q: (B, S, H, D), the current frame's queries. k_cache, v_cache: (B, T_max, S, H, D), holding valid frames at
+    0 .. num_frames - 1 (the current frame's own K/V already written at num_frames - 1).
+    num_frames: integer tensor, () or (B,), in [1, T_max]. Each query (b, s, h) attends over k_cache[b, :n_b, s, h].
+    Returns (B, S, H, D). The mask is built from the tensor, so the call needs no host synchronisation.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    t_max = k_cache.shape[1]
+    scores = torch.einsum("bshd,btshd->bsht", q, k_cache) * scale
+    valid = torch.arange(t_max, device=q.device) < num_frames.reshape(-1, 1).to(q.device)  # (B or 1, T_max)
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    return torch.einsum("bsht,btshd->bshd", torch.softmax(scores, dim=-1), v_cache)
