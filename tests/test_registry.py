@@ -48,4 +48,12 @@ def test_module_entry_point_runs(capsys):
     from wmkernels.__main__ import main
 
     main()
-    assert "round trip and reference match: yes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "all match" in out and "MISMATCH" not in out
+
+
+def test_selftest_covers_every_op():
+    from wmkernels import _selftest
+
+    missing = set(OPS) - _selftest.covered_ops()
+    assert not missing, f"ops without a smoke check in wmkernels/_selftest.py: {sorted(missing)}"

@@ -29,6 +29,7 @@ def find_cuobjdump() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default="90a", help="comma-separated real architectures expected, e.g. 80,90a")
+    parser.add_argument("--ptx", default="", help="comma-separated virtual architectures whose PTX is expected")
     args = parser.parse_args()
 
     import torch
@@ -59,6 +60,13 @@ def main() -> int:
     for arch in args.archs.split(","):
         if f".sm_{arch}." not in listing.stdout:
             failures.append(f"{os.path.basename(library)} holds no sm_{arch} device code ({listing.stderr.strip()})")
+
+    if args.ptx:
+        ptx = subprocess.run([find_cuobjdump(), "--list-ptx", library], capture_output=True, text=True)
+        print(ptx.stdout.strip())
+        for arch in args.ptx.split(","):
+            if f".sm_{arch}." not in ptx.stdout:
+                failures.append(f"{os.path.basename(library)} holds no compute_{arch} PTX for newer GPUs")
 
     for failure in failures:
         print(f"FAIL: {failure}")

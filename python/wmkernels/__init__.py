@@ -5,10 +5,15 @@ Public API:
     factorize_tokens, unfactorize_tokens   the 2^18 = 512 x 512 token factorization of the 1X data
     BACKENDS, BackendUnavailableError      backend choice: backend=... per call, or $WMK_BACKEND
 """
+from importlib import metadata as _metadata
+
 from wmkernels.config import show_config
 from wmkernels.ops import BACKENDS, BackendUnavailableError, factorize_tokens, unfactorize_tokens
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("wmkernels")
+except _metadata.PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
+    __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",

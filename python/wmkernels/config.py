@@ -32,7 +32,7 @@ def show_config(file=None) -> None:
 
     info = config()
     rows = [
-        ("wmkernels", __version__),
+        ("wmkernels", f"{__version__} ({info['variant']} build)"),
         ("torch (built against)", info["torch_version"]),
         ("torch (running)", info["torch_version_running"]),
         ("CUDA kernels", f"yes, CUDA {info['cuda_version']}" if info["with_cuda"] else "no (CPU build)"),
