@@ -6,6 +6,7 @@
 #   make wheel        dist/: CPU wheel (+cpu, torch 2.13.0), CUDA wheel (+cu130, torch 2.14.1), sdist
 #   make wheel-test   install the wheels as a user would, outside the source tree, and smoke-test them
 #   make install-check  `pip install .` (isolated build, no flags) into a clean venv holding only torch
+#   make sanitize     CPU kernels built with AddressSanitizer + UBSan, CPU test suite run under them
 #   make bench        micro-benchmarks (pytest-benchmark)
 
 SHELL := /bin/bash
@@ -32,7 +33,7 @@ RAW := build/wheels-raw
 AUDIT_EXCLUDES := $(foreach lib,libc10.so libtorch.so libtorch_cpu.so libtorch_python.so libgomp.so.1 \
                     libc10_cuda.so libtorch_cuda.so libcudart.so.13 libnvrtc.so.13,--exclude $(lib))
 
-.PHONY: demo test test-cpu cuda-wheel cuda-check install install-check wheel wheel-cpu sdist wheel-test bench clean
+.PHONY: sanitize demo test test-cpu cuda-wheel cuda-check install install-check wheel wheel-cpu sdist wheel-test bench clean
 
 # --- environments ---------------------------------------------------------------------------
 $(VENV)/.deps-$(TORCH_CPU)-v2:
@@ -96,6 +97,23 @@ install-check:
 	build/install-check-venv/bin/pip install -q "torch==$(TORCH_CPU)"
 	$(LOCK) build/install-check-venv/bin/pip install -q .
 	cd /tmp && $(abspath build/install-check-venv/bin/python) -I -m wmkernels
+
+# --- sanitizers: the CPU kernels under ASan + UBSan -------------------------------------------------------
+ASAN_VENV ?= .venv-asan
+SANITIZE_TESTS ?= tests
+ASAN_RUNTIME = $(shell gcc -print-file-name=libasan.so):$(shell gcc -print-file-name=libubsan.so)
+$(ASAN_VENV)/.deps-$(TORCH_CPU)-v2:
+	$(PYTHON) -m venv $(ASAN_VENV)
+	$(ASAN_VENV)/bin/pip install -q --disable-pip-version-check "torch==$(TORCH_CPU)" $(BUILD_DEPS)
+	touch $@
+
+sanitize: $(ASAN_VENV)/.deps-$(TORCH_CPU)-v2
+	WMK_SANITIZE=address,undefined $(LOCK) $(ASAN_VENV)/bin/pip install -q --disable-pip-version-check \
+	  --no-build-isolation -Cbuild-dir=build/asan ".[test]" "torch==$(TORCH_CPU)"
+	# Python and torch keep memory to exit (not leaks of ours); any other report fails the run.
+	LD_PRELOAD="$(ASAN_RUNTIME)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 WMK_SANITIZED=1 \
+	  $(ASAN_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not gpu and not slow" $(SANITIZE_TESTS)
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only
