@@ -16,8 +16,8 @@ A sampler is any object with
 importable, e.g. from the current directory). The attribute may be
 
     * an object with a `generate` method: used as it is;
-    * a class or any other callable: called with one argument, a `SamplerContext`, and must return such an
-      object. The context gives the device, dtype, vocabulary, frame size and `context.model()`, the
+    * a class or any other callable: called with a `SamplerContext` if it takes a positional argument
+      (else with none), and must return such an object. The context gives the device, dtype, vocabulary, frame size and `context.model()`, the
       benchmark's world model (loaded once per process), so a submission can sample from the same weights.
 
 Every sampler is run in its own worker process (see `worker.py`), so `model()` and any CUDA state are per
@@ -26,6 +26,7 @@ sampler, and a sampler that hangs can be killed.
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
@@ -124,10 +125,20 @@ def load_sampler(spec: str, context: SamplerContext) -> Sampler:
             if not callable(obj):
                 raise SamplerLoadError(f"{spec!r} is neither an object with a generate() method nor a callable "
                                        f"returning one (it is a {type(obj).__name__})")
-            obj = obj(context)
+            obj = obj(context) if _takes_argument(obj) else obj()
     if not callable(getattr(obj, "generate", None)):
         raise SamplerLoadError(f"{spec!r} gave a {type(obj).__name__}, which has no generate() method")
     return obj
+
+
+def _takes_argument(factory: Callable) -> bool:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # some builtins have no signature: give them the context
+        return True
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                  inspect.Parameter.VAR_POSITIONAL)
+    return any(p.kind in positional for p in params)
 
 
 def check_output(tokens: object, prompt: torch.Tensor, num_new_frames: int, vocab_size: int) -> torch.Tensor:

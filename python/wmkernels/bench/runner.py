@@ -74,9 +74,12 @@ def run_benchmark(config: BenchConfig, info: wdist.DistInfo | None = None) -> di
     dataset = TokenDataset(directory, window_size, config.stride, non_overlapping=not config.overlapping)
     meta = dataset.metadata
     window_ids = choose_windows(len(dataset), config.num_windows)
+    if not window_ids:
+        raise ValueError(f"{directory}: no window of {window_size} frames every {config.stride} raw frames lies "
+                         f"within one segment of the {meta.num_images} frames (lower --stride or the frame counts)")
     if len(window_ids) < info.world_size:
-        raise ValueError(f"{directory}: {len(dataset)} windows of {window_size} frames every {config.stride} raw "
-                         f"frames; {len(window_ids)} chosen, fewer than the {info.world_size} ranks")
+        raise ValueError(f"{directory}: {len(window_ids)} windows chosen, fewer than the {info.world_size} ranks "
+                         "(raise --num-windows)")
     mine = wdist.shard(window_ids, info)
     batches = [mine[i:i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
     windows = {b: dataset.windows(ids) for b, ids in enumerate(batches)}
@@ -84,10 +87,14 @@ def run_benchmark(config: BenchConfig, info: wdist.DistInfo | None = None) -> di
                              max_frames=int(config.model_fields.get("T", window_size)), steps=config.steps,
                              seed=config.seed, model_fields=dict(config.model_fields), checkpoint=config.checkpoint)
 
+    # The horizon sweep times the first batch only; on rank 0 only, so a run's numbers of calls do not
+    # depend on how many ranks it was spread over.
+    horizons = list(config.horizons) if info.is_main else []
+
     def job(spec: str) -> SamplerJob:
         return SamplerJob(name=spec, spec=spec, context=context,
                           prompts=[windows[b][:, :config.prompt_frames].numpy() for b in range(len(batches))],
-                          window_ids=batches, new_frames=config.new_frames, horizons=list(config.horizons),
+                          window_ids=batches, new_frames=config.new_frames, horizons=horizons,
                           warmup=config.warmup, repeats=config.repeats, timeout_s=config.timeout_s,
                           setup_timeout_s=config.setup_timeout_s)
 
