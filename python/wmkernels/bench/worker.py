@@ -13,8 +13,11 @@ CUDA), so a worker starts in milliseconds rather than re-importing torch; where 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sys
 import traceback
 from dataclasses import dataclass, field
+from multiprocessing import forkserver
 from typing import Callable
 
 import numpy as np
@@ -154,7 +157,19 @@ def _mp_context():
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])  # takes effect when the server first starts
+    ctx.set_forkserver_preload([__name__])
+    # The server imports the preload before it ever sees this process's sys.path (Python 3.11 ignores the
+    # sys_path it is given), so a wmkernels found through a runtime sys.path change would be shadowed by an
+    # installed one in the workers. Start it with this sys.path in PYTHONPATH so both run the same code.
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+    try:
+        forkserver.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
     return ctx
 
 
