@@ -104,6 +104,15 @@ def test_bad_data_message_names_the_file(tmp_path, capsys):
     assert "video.bin" in err and "not a whole number of frames" in err
 
 
+def test_cuda_device_without_gpu_is_refused(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: --device cuda is valid here")
+    assert main(["--device", "cuda", "--out", "unused"]) == 2
+    assert "--device cuda: torch sees no CUDA GPU" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--max-disagreement", "2"), ("--timeout", "-1"),
                                         ("--horizons", "1,x"), ("--preset", "huge")])
 def test_bad_flags_exit_2(flag, value, capsys):

@@ -111,6 +111,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     warmup = pick(args.warmup, preset.warmup)
     if warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {warmup}")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: torch sees no CUDA GPU here (torch {torch.__version__})")
     reference = None if args.reference.lower() == "none" else args.reference
     return BenchConfig(
         preset=args.preset, model_fields=model_fields, out=args.out or f"out/bench-{args.preset}", data=args.data,
