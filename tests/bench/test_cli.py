@@ -84,12 +84,15 @@ def test_data_flag_and_bad_data(tmp_path):
     data = tmp_path / "data"
     write_synthetic_dataset(data, num_segments=2, frames_per_segment=100, seed=1, token_dtype="uint32")
     out = tmp_path / "out"
-    assert main([*SMALL, "--data", str(data), "--out", str(out), "--sampler", "repeat-last", "--reference", "none",
-                 "--isolation", "inline"]) == 0
+    with_progress_bars = [a for a in SMALL if a != "--no-progress"]
+    assert main([*with_progress_bars, "--data", str(data), "--out", str(out), "--sampler", "repeat-last",
+                 "--sampler", "repeat-last", "--reference", "none", "--isolation", "inline"]) == 0
     report = json.loads((out / "report.json").read_text())
     jsonschema.validate(report, load_schema())
     assert report["data"]["path"] == str(data) and not report["settings"]["synthetic_data"]
+    assert len(report["samplers"]) == 1  # named twice, run once
     assert report["samplers"][0]["agreement"]["reason"].startswith("no reference sampler")
+    assert report["environment"]["isolation"] == "inline"
     (data / "segment_ids.bin").unlink()
     assert main([*SMALL, "--data", str(data), "--out", str(out)]) == 2
 

@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default="maskgit-uncached",
                    help="sampler whose temperature-0 tokens the others must match, or 'none'")
     p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
-                   help="limit on each generate call; the sampler's worker is killed past it (default: none)")
+                   help="limit on each generate call, warm-up calls (and any compilation in them) included; "
+                        "the sampler's worker is killed past it (default: none)")
     p.add_argument("--setup-timeout", type=_seconds, default=600.0, metavar="SECONDS",
                    help="limit on loading a sampler (default: 600)")
     p.add_argument("--max-disagreement", type=_fraction, default=0.0,

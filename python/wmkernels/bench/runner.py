@@ -98,7 +98,8 @@ def run_benchmark(config: BenchConfig, info: wdist.DistInfo | None = None) -> di
                           warmup=config.warmup, repeats=config.repeats, timeout_s=config.timeout_s,
                           setup_timeout_s=config.setup_timeout_s)
 
-    specs = ([config.reference] if config.reference else []) + [s for s in config.samplers if s != config.reference]
+    # The reference first (its tokens are what the others are checked against), each spec once.
+    specs = list(dict.fromkeys(([config.reference] if config.reference else []) + list(config.samplers)))
     runs = [_run_one(job(spec), config, info) for spec in specs]
     teacher = _teacher_forced(context, windows, batches, config.prompt_frames)
 
