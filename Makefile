@@ -1,6 +1,6 @@
 # wmkernels: every set-up step lives here, so a fresh machine needs only `make demo` or `make test`.
 #
-#   make demo        virtual environment + torch 2.13.0 (CPU) + the package, then the main job (wmk-bench)
+#   make demo        virtual environment + torch 2.13.0 (CPU) + the package, then the main job
 #   make test        the same set-up, the whole test suite, then the CUDA build check
 #   make cuda-check  build against torch 2.14.1+cu130 with WMK_CUDA=ON (sm_90a) and verify the kernels
 #   make install-check  `pip install .` (isolated build, no flags) into a clean venv holding only torch
