@@ -55,6 +55,7 @@ install: $(VENV)/.deps-$(TORCH_CPU)-v2
 # --- the two README commands --------------------------------------------------------------------
 demo: install
 	$(PY) -m wmkernels
+	$(VENV)/bin/wmk-bench --preset tiny --out out/demo
 
 test: test-cpu cuda-check wheel-test
 
