@@ -32,7 +32,7 @@ template <typename T>
 WMK_HOST_DEVICE WMK_INLINE int64_t encode_one(const T* x, int64_t bits, bool msb_first) {
   int64_t index = 0;
   for (int64_t j = 0; j < bits; ++j) {
-    if (static_cast<float>(x[j]) > 0.0f) index |= int64_t{1} << bit_position(j, bits, msb_first);
+    if (x[j] > static_cast<T>(0)) index |= int64_t{1} << bit_position(j, bits, msb_first);
   }
   return index;
 }
