@@ -27,12 +27,19 @@ WMK_HOST_DEVICE WMK_INLINE int64_t bit_position(int64_t j, int64_t bits, bool ms
   return msb_first ? bits - 1 - j : j;
 }
 
+// x > 0 in the input's own precision (a float64 of 1e-50 is positive); float16/bfloat16 compare as float.
+template <typename T>
+WMK_HOST_DEVICE WMK_INLINE bool is_positive(const T& v) {
+  return static_cast<float>(v) > 0.0f;
+}
+WMK_HOST_DEVICE WMK_INLINE bool is_positive(const double& v) { return v > 0.0; }
+
 // NaN > 0 is false, so a NaN channel gives bit 0 (code -1), as `x > 0` does in vector-quantize-pytorch.
 template <typename T>
 WMK_HOST_DEVICE WMK_INLINE int64_t encode_one(const T* x, int64_t bits, bool msb_first) {
   int64_t index = 0;
   for (int64_t j = 0; j < bits; ++j) {
-    if (x[j] > static_cast<T>(0)) index |= int64_t{1} << bit_position(j, bits, msb_first);
+    if (is_positive(x[j])) index |= int64_t{1} << bit_position(j, bits, msb_first);
   }
   return index;
 }
