@@ -7,11 +7,12 @@
 #include <ATen/ops/full.h>
 #include <ATen/ops/log.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/xlogy.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <atomic>
+#include <cmath>
+#include <functional>
 #include <limits>
 #include <tuple>
 
@@ -104,7 +105,8 @@ std::tuple<at::Tensor, at::Tensor> lfq_entropy_loss_cpu(const at::Tensor& x, dou
   const at::Tensor in = x.contiguous();
   const Plan p = plan_of(in);
   const auto acc = in.options().dtype(acc_type_of(in));
-  at::Tensor table = at::zeros({p.hi_size, p.lo_size}, acc);
+  // The first chunk overwrites the table (beta = 0), so it needs no zero fill unless there are no samples.
+  at::Tensor table = p.rows > 0 ? at::empty({p.hi_size, p.lo_size}, acc) : at::zeros({p.hi_size, p.lo_size}, acc);
   at::Tensor lo_table = at::empty({p.chunk, p.lo_size}, acc);
   at::Tensor hi_table = at::empty({p.chunk, p.hi_size}, acc);
   at::Tensor entropy = at::empty({p.chunk}, in.options().dtype(at::kDouble));
@@ -119,13 +121,28 @@ std::tuple<at::Tensor, at::Tensor> lfq_entropy_loss_cpu(const at::Tensor& x, dou
       const double* e = entropy.const_data_ptr<double>();
       for (int64_t r = 0; r < rows; ++r) entropy_sum += e[r];
       // table[hi, lo] += sum_r hi_table[r, hi] * lo_table[r, lo]: the outer products of all rows at once.
-      table.addmm_(hi_table.narrow(0, 0, rows).t(), lo_table.narrow(0, 0, rows));
+      table.addmm_(hi_table.narrow(0, 0, rows).t(), lo_table.narrow(0, 0, rows), /*beta=*/row0 == 0 ? 0 : 1);
     }
   });
   // An empty batch has nothing to penalize: its loss is 0 (not the NaN of a mean over no samples).
   const double denom = p.rows > 0 ? static_cast<double>(p.rows) : 1.0;
-  table.div_(denom);
-  const double codebook_entropy = -at::xlogy(table, table).sum(at::kDouble).item<double>();
+  // Normalize the table and take its entropy in one pass (double accumulation; 0 log 0 = 0).
+  double codebook_entropy = 0;
+  AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "lfq_codebook_entropy_cpu", [&] {
+    scalar_t* t = table.data_ptr<scalar_t>();
+    const scalar_t inv = static_cast<scalar_t>(1.0 / denom);
+    codebook_entropy = at::parallel_reduce(
+        0, table.numel(), 1 << 14, 0.0,
+        [&](int64_t begin, int64_t end, double acc) {
+          for (int64_t i = begin; i < end; ++i) {
+            const scalar_t a = t[i] * inv;
+            t[i] = a;
+            if (a > 0) acc -= static_cast<double>(a) * std::log(static_cast<double>(a));
+          }
+          return acc;
+        },
+        std::plus<double>());
+  });
   const double loss = entropy_sum / denom - diversity_gamma * codebook_entropy;
   return {at::full({}, loss, in.options()), table.view({-1})};
 }
