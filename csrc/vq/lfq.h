@@ -2,11 +2,14 @@
 // Argument checks, output allocation and the chunking plan of the LFQ ops, shared by the CPU and CUDA
 // kernels so both reject the same inputs with the same messages.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/clamp_min.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/log.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include "common/lfq.h"
@@ -84,6 +87,19 @@ inline Plan plan_of(const at::Tensor& x) {
   const int64_t balanced = 4 * ((int64_t{1} << p.bits) / (p.lo_size + p.hi_size));
   p.chunk = balanced > 256 ? balanced : 256;
   return p;
+}
+
+// The backward's weight of every table entry: d(codebook entropy)/d(avg_prob) = -(log a + 1), without the
+// +1, which sums to zero against a probability table. Clamping a at the smallest normal keeps codes whose
+// probability underflowed to 0 finite. Returns (2^hi x 2^lo) in the accumulation type.
+inline at::Tensor codebook_weight(const at::Tensor& avg_prob, const at::Tensor& x, const Plan& p) {
+  const at::ScalarType acc = acc_type_of(x);
+  TORCH_CHECK_VALUE(avg_prob.numel() == p.hi_size * p.lo_size && avg_prob.scalar_type() == acc,
+                    "lfq_entropy_loss_backward: avg_prob must hold 2^", p.bits, " ", acc, " probabilities, got ",
+                    avg_prob.numel(), " of ", avg_prob.scalar_type());
+  const double tiny = acc == at::kDouble ? std::numeric_limits<double>::min()
+                                         : static_cast<double>(std::numeric_limits<float>::min());
+  return at::log(at::clamp_min(avg_prob.reshape({p.hi_size, p.lo_size}), tiny)).neg_();
 }
 
 }  // namespace wmk::lfq

@@ -3,9 +3,7 @@
 // fill the (2^hi x 2^lo) table, and the contractions of the backward, are cuBLAS GEMMs.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/ops/clamp_min.h>
 #include <ATen/ops/full.h>
-#include <ATen/ops/log.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/xlogy.h>
 #include <ATen/ops/zeros.h>
@@ -174,14 +172,9 @@ at::Tensor lfq_entropy_loss_backward_cuda(const at::Tensor& grad, const at::Tens
   const at::Tensor in = x.contiguous();
   const Plan p = plan_of(in);
   const auto acc = in.options().dtype(acc_type_of(in));
-  TORCH_CHECK_VALUE(avg_prob.numel() == p.hi_size * p.lo_size && avg_prob.scalar_type() == acc_type_of(in),
-                    "lfq_entropy_loss_backward: avg_prob must hold 2^", p.bits, " ", acc_type_of(in),
-                    " probabilities, got ", avg_prob.numel(), " of ", avg_prob.scalar_type());
   const c10::cuda::CUDAGuard guard(in.device());
   at::Tensor grad_x = at::empty(in.sizes(), acc);
-  const double tiny = acc_type_of(in) == at::kDouble ? std::numeric_limits<double>::min()
-                                                     : static_cast<double>(std::numeric_limits<float>::min());
-  const at::Tensor weight = at::log(at::clamp_min(avg_prob.reshape({p.hi_size, p.lo_size}), tiny)).neg_();
+  const at::Tensor weight = codebook_weight(avg_prob, in, p);
   at::Tensor lo_table = at::empty({p.chunk, p.lo_size}, acc);
   at::Tensor hi_table = at::empty({p.chunk, p.hi_size}, acc);
   const double denom = p.rows > 0 ? static_cast<double>(p.rows) : 1.0;
