@@ -89,7 +89,8 @@ def main() -> None:
 
         t, m = extrapolate("median_s"), extrapolate("peak_mib")
         print(f"{'reference (extrap.)':<24}{args.n:>7}{kind:>10}{t * 1e3:>12.1f}{m:>11.1f}{'':>12}")
-        print(f"  -> {kind}: wmkernels is {t / ours['median_s']:.1f}x faster and needs {m / max(ours['peak_mib'], 1e-3):.0f}x"
+        memory_ratio = m / max(ours["peak_mib"], 1e-3)
+        print(f"  -> {kind}: wmkernels is {t / ours['median_s']:.1f}x faster and needs {memory_ratio:.0f}x"
               f" less peak memory than the reference extrapolated to N = {args.n}\n")
 
 

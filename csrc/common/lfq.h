@@ -11,7 +11,8 @@
 // the index ("lsb", the 1X tokens) or bit bits-1-j ("msb", MAGVIT2 / vector-quantize-pytorch).
 //
 // Entropy loss: with logits 2 * x . c * inv_temperature over all 2^bits codes, the softmax factorizes into
-// independent bits: P(code) = prod_j q_j^{b_j} (1 - q_j)^{1 - b_j}, q_j = sigmoid(z_j), z_j = 4 * inv_temperature * x_j.
+// independent bits: P(code) = prod_j q_j^{b_j} (1 - q_j)^{1 - b_j}, q_j = sigmoid(z_j),
+// z_j = 4 * inv_temperature * x_j.
 // So the per-sample entropy is a sum of binary entropies, and the probability table of a half of the bits is
 // a Kronecker product that `lfq_expand` builds in 2^m steps (the kernels combine two halves with a GEMM).
 namespace wmk::lfq {

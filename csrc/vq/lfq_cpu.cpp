@@ -176,7 +176,9 @@ at::Tensor lfq_entropy_loss_backward_cpu(const at::Tensor& grad, const at::Tenso
         acc_t q0[kMaxEntropyBits], q1[kMaxEntropyBits], d[kMaxEntropyBits];
         for (int64_t r = begin; r < end; ++r) {
           const int64_t row = row0 + r;
-          for (int64_t j = 0; j < p.bits; ++j) bit_probs(scale * static_cast<acc_t>(src[row * p.bits + j]), q0 + j, q1 + j);
+          for (int64_t j = 0; j < p.bits; ++j) {
+            bit_probs(scale * static_cast<acc_t>(src[row * p.bits + j]), q0 + j, q1 + j);
+          }
           table_grad(lw + r * p.lo_size, q0, q1, p.lo_bits, d);
           table_grad(hw + r * p.hi_size, q0 + p.lo_bits, q1 + p.lo_bits, p.hi_bits, d + p.lo_bits);
           for (int64_t j = 0; j < p.bits; ++j) {

@@ -182,7 +182,9 @@ ENTROPY_CASES = [(1, 1), (7, 1), (1000, 1), (1, 5), (7, 2), (1000, 5), (7, 9), (
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("n,bits", ENTROPY_CASES, ids=lambda v: str(v))
-@pytest.mark.parametrize("inv_temperature,scale", [(0.5, 1.0), (100.0, 0.01), (100.0, 1.0)], ids=["soft", "mid", "sharp"])
+@pytest.mark.parametrize(
+    "inv_temperature,scale", [(0.5, 1.0), (100.0, 0.01), (100.0, 1.0)], ids=["soft", "mid", "sharp"]
+)
 def test_entropy_loss_matches_reference(device, backend, n, bits, inv_temperature, scale):
     if is_triton(backend) and device == "cpu" and n * 2**bits > 8000:
         pytest.skip("kept small under the Triton interpreter (slow)")

@@ -50,9 +50,13 @@ def check_levels(levels, op: str) -> list[int]:
 def _check_z(z, levels: list[int], op: str) -> None:
     check_tensor(z, "z")
     if z.dtype not in _FLOATS:
-        raise TypeError(f"{op}: z must be a floating-point tensor (float16, bfloat16, float32 or float64), got {z.dtype}")
+        raise TypeError(
+            f"{op}: z must be a floating-point tensor (float16, bfloat16, float32 or float64), got {z.dtype}"
+        )
     if z.dim() == 0 or z.shape[-1] != len(levels):
-        raise ValueError(f"{op}: z must have a last dimension of len(levels) = {len(levels)}, got shape {tuple(z.shape)}")
+        raise ValueError(
+            f"{op}: z must have a last dimension of len(levels) = {len(levels)}, got shape {tuple(z.shape)}"
+        )
 
 
 def fsq_quantize(

@@ -26,7 +26,9 @@ _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def _check_x(x, op: str, max_bits: int) -> int:
     check_tensor(x, "x")
     if x.dtype not in _FLOATS:
-        raise TypeError(f"{op}: x must be a floating-point tensor (float16, bfloat16, float32 or float64), got {x.dtype}")
+        raise TypeError(
+            f"{op}: x must be a floating-point tensor (float16, bfloat16, float32 or float64), got {x.dtype}"
+        )
     if x.dim() == 0:
         raise ValueError(f"{op}: x must have a last dimension holding the bits, got a 0-d tensor")
     bits = x.shape[-1]
