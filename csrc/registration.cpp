@@ -11,6 +11,16 @@ TORCH_LIBRARY(wmk, m) {
   // Tokens: the base**num_factors factorization of the 1X tokens (2^18 = 512 x 512).
   m.def("factorize_tokens(Tensor tokens, int factored_vocab_size=512, int num_factors=2) -> Tensor");
   m.def("unfactorize_tokens(Tensor factors, int factored_vocab_size=512) -> Tensor");
+
+  // LFQ and FSQ (lookup-free and finite scalar quantization; csrc/vq/lfq_*, csrc/vq/fsq_*).
+  m.def("lfq_encode(Tensor x, str bit_order=\"lsb\") -> Tensor");
+  m.def("lfq_decode(Tensor indices, int bits, str bit_order=\"lsb\", ScalarType? dtype=None) -> Tensor");
+  m.def("lfq_entropy_loss(Tensor x, float inv_temperature=100., float diversity_gamma=1.) -> (Tensor, Tensor)");
+  m.def("lfq_entropy_loss_backward(Tensor grad, Tensor x, Tensor avg_prob, float inv_temperature, "
+        "float diversity_gamma) -> Tensor");
+  m.def("fsq_quantize(Tensor z, int[] levels) -> (Tensor, Tensor)");
+  m.def("fsq_quantize_backward(Tensor grad_codes, Tensor z, int[] levels) -> Tensor");
+  m.def("fsq_decode(Tensor indices, int[] levels, ScalarType? dtype=None) -> Tensor");
 }
 
 namespace {

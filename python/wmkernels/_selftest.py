@@ -19,9 +19,41 @@ def _tokens() -> tuple[bool, str]:
     return ok, f"factorize_tokens {tuple(tokens.shape)} -> {tuple(factors.shape)}, round trip"
 
 
+def _gen() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+def _lfq() -> tuple[bool, str]:
+    x = torch.randn(64, 18, generator=_gen())
+    indices = ops.lfq_encode(x)
+    ok = torch.equal(indices, reference.lfq_encode(x))
+    ok &= torch.equal(ops.lfq_decode(indices, 18), reference.lfq_decode(indices, 18))
+    small = torch.randn(32, 6, generator=_gen(), dtype=torch.float64, requires_grad=True)
+    loss = ops.lfq_entropy_loss(small, 1.0)
+    (grad,) = torch.autograd.grad(loss, small)
+    ref_small = small.detach().clone().requires_grad_()
+    ref_loss = reference.lfq_entropy_loss(ref_small, 1.0)
+    (ref_grad,) = torch.autograd.grad(ref_loss, ref_small)
+    ok &= bool(torch.allclose(loss, ref_loss, atol=1e-10)) and bool(torch.allclose(grad, ref_grad, atol=1e-10))
+    return ok, "lfq_encode/lfq_decode (64 x 18 bits), lfq_entropy_loss forward and backward (6 bits)"
+
+
+def _fsq() -> tuple[bool, str]:
+    levels = [8, 5, 5, 5]
+    z = torch.randn(64, 4, generator=_gen(), requires_grad=True)
+    codes, indices = ops.fsq_quantize(z, levels)
+    ref_codes, ref_indices = reference.fsq_quantize(z.detach(), levels)
+    (grad,) = torch.autograd.grad(codes.sum(), z)
+    ok = torch.equal(indices, ref_indices) and bool(torch.allclose(codes, ref_codes))
+    ok &= bool(torch.isfinite(grad).all()) and bool(torch.allclose(ops.fsq_decode(indices, levels), ref_codes))
+    return ok, "fsq_quantize (levels 8,5,5,5) forward and straight-through backward, fsq_decode"
+
+
 #: family name -> (ops it exercises, check returning (passed, description))
 CHECKS: dict[str, tuple[tuple[str, ...], Callable[[], tuple[bool, str]]]] = {
     "tokens": (("wmk::factorize_tokens", "wmk::unfactorize_tokens"), _tokens),
+    "lfq": (("wmk::lfq_encode", "wmk::lfq_decode", "wmk::lfq_entropy_loss", "wmk::lfq_entropy_loss_backward"), _lfq),
+    "fsq": (("wmk::fsq_quantize", "wmk::fsq_quantize_backward", "wmk::fsq_decode"), _fsq),
 }
 
 

@@ -1,6 +1,18 @@
 """Thin wrappers over `torch.ops.wmk.*`: argument checks, backend choice, fake and autograd registrations."""
 from wmkernels import _extension  # noqa: F401  (loads the extension, which registers torch.ops.wmk)
 from wmkernels.ops._backend import BACKENDS, BackendUnavailableError
+from wmkernels.ops.fsq import fsq_decode, fsq_quantize
+from wmkernels.ops.lfq import lfq_decode, lfq_encode, lfq_entropy_loss
 from wmkernels.ops.tokens import factorize_tokens, unfactorize_tokens
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "factorize_tokens", "unfactorize_tokens"]
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "factorize_tokens",
+    "fsq_decode",
+    "fsq_quantize",
+    "lfq_decode",
+    "lfq_encode",
+    "lfq_entropy_loss",
+    "unfactorize_tokens",
+]
