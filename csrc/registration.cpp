@@ -11,6 +11,10 @@ TORCH_LIBRARY(wmk, m) {
   // Tokens: the base**num_factors factorization of the 1X tokens (2^18 = 512 x 512).
   m.def("factorize_tokens(Tensor tokens, int factored_vocab_size=512, int num_factors=2) -> Tensor");
   m.def("unfactorize_tokens(Tensor factors, int factored_vocab_size=512) -> Tensor");
+
+  // VQ (nearest-code vector quantization): fused distance + argmin over a codebook, and the code gather.
+  m.def("vq_encode(Tensor x, Tensor codebook, str metric=\"l2\") -> (Tensor indices, Tensor distances)");
+  m.def("vq_decode(Tensor indices, Tensor codebook) -> Tensor");
 }
 
 namespace {

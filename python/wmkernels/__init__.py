@@ -3,10 +3,12 @@
 Public API:
     show_config()                          what this build has (torch, CUDA, CPU features, Triton)
     factorize_tokens, unfactorize_tokens   the 2^18 = 512 x 512 token factorization of the 1X data
+    vq_encode, vq_decode                   nearest-code VQ: fused distance + argmin, and the code gather
     BACKENDS, BackendUnavailableError      backend choice: backend=... per call, or $WMK_BACKEND
 """
 from wmkernels.config import show_config
 from wmkernels.ops import BACKENDS, BackendUnavailableError, factorize_tokens, unfactorize_tokens
+from wmkernels.ops import vq_decode, vq_encode
 
 __version__ = "0.1.0"
 
@@ -17,4 +19,6 @@ __all__ = [
     "factorize_tokens",
     "show_config",
     "unfactorize_tokens",
+    "vq_decode",
+    "vq_encode",
 ]
