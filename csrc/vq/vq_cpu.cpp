@@ -65,16 +65,19 @@ void rows_to_float(const scalar_t* src, int64_t rows, int64_t dim, Metric metric
   }
 }
 
-// Packs the fp32 codebook [K][D] into panels of `nr` codes holding -2 c (see vq_argmin.h).
-void pack_codebook(const float* cb, int64_t k, int64_t dim, int nr, Metric metric, std::vector<float>& panels,
+// Packs the codebook [K][D] (any float dtype; unit rows for cosine) into fp32 panels of `nr` codes
+// holding -2 c (see vq_argmin.h). The panels are the only copy of the codebook the search keeps.
+template <typename scalar_t>
+void pack_codebook(const scalar_t* cb, int64_t k, int64_t dim, int nr, Metric metric, std::vector<float>& panels,
                    std::vector<float>& bias) {
   const int64_t num_panels = (k + nr - 1) / nr;
   panels.assign(num_panels * dim * nr, 0.f);
   bias.assign(num_panels * nr, std::numeric_limits<float>::infinity());
   at::parallel_for(0, num_panels, 16, [&](int64_t p0, int64_t p1) {
+    std::vector<float> code(dim);
     for (int64_t p = p0; p < p1; ++p) {
       for (int j = 0; j < nr && p * nr + j < k; ++j) {
-        const float* code = cb + (p * nr + j) * dim;
+        rows_to_float(cb + (p * nr + j) * dim, 1, dim, metric, code.data());
         float norm2 = 0.f;
         for (int64_t d = 0; d < dim; ++d) {
           panels[(p * dim + d) * nr + j] = -2.f * code[d];  // exact: a power-of-two scale
@@ -86,6 +89,12 @@ void pack_codebook(const float* cb, int64_t k, int64_t dim, int nr, Metric metri
   });
 }
 
+// Code `code` back out of the panels, in fp32: -0.5 * (-2 c) is exact.
+void unpack_code(const cpu::PackedCodebook& cb, int64_t code, float* out) {
+  const float* src = cb.panels + (code / cb.nr) * cb.dim * cb.nr + code % cb.nr;
+  for (int64_t d = 0; d < cb.dim; ++d) out[d] = -0.5f * src[d * cb.nr];
+}
+
 std::tuple<at::Tensor, at::Tensor> vq_encode_cpu(const at::Tensor& x, const at::Tensor& codebook,
                                                  c10::string_view metric_name) {
   const Metric metric = parse_metric(metric_name);
@@ -94,15 +103,13 @@ std::tuple<at::Tensor, at::Tensor> vq_encode_cpu(const at::Tensor& x, const at::
   if (n == 0) return {indices, distances};
   const int64_t k = codebook.size(0), dim = codebook.size(1);
 
-  // The codebook in fp32 (unit rows for cosine): K x D, small next to the N x K matrix we avoid.
-  std::vector<float> cb32(k * dim);
-  const at::Tensor cb_in = codebook.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cb_in.scalar_type(), "vq_encode_cpu", [&] {
-    rows_to_float(cb_in.data_ptr<scalar_t>(), k, dim, metric, cb32.data());
-  });
+  // The packed fp32 codebook is K x D floats: small next to the N x K matrix we avoid.
   const cpu::Isa isa = choose_isa();
   std::vector<float> panels, bias;
-  pack_codebook(cb32.data(), k, dim, isa.nr, metric, panels, bias);
+  const at::Tensor cb_in = codebook.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cb_in.scalar_type(), "vq_encode_cpu", [&] {
+    pack_codebook(cb_in.data_ptr<scalar_t>(), k, dim, isa.nr, metric, panels, bias);
+  });
   const cpu::PackedCodebook packed{panels.data(), bias.data(), (k + isa.nr - 1) / isa.nr, dim, isa.nr};
 
   const at::Tensor xs = x.reshape({n, dim}).contiguous();
@@ -122,6 +129,7 @@ std::tuple<at::Tensor, at::Tensor> vq_encode_cpu(const at::Tensor& x, const at::
       std::vector<float> scratch(cpu::scratch_floats(block_rows, dim, isa.mr));
       std::vector<int32_t> best_index(block_rows);
       std::vector<float> best_score(block_rows);
+      std::vector<float> chosen(dim);
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t r0 = b * block_rows, count = std::min(block_rows, n - r0);
         // Only read as float when in_place, that is when scalar_t is float.
@@ -133,10 +141,10 @@ std::tuple<at::Tensor, at::Tensor> vq_encode_cpu(const at::Tensor& x, const at::
         isa.search(xf, dim, count, packed, scratch.data(), best_index.data(), best_score.data());
         for (int64_t i = 0; i < count; ++i) {
           const int64_t code = best_index[i];
-          const float* c = cb32.data() + code * dim;
+          unpack_code(packed, code, chosen.data());
           idx_out[r0 + i] = code;
-          dist_out[r0 + i] = metric == Metric::kL2 ? squared_l2(xf + i * dim, c, dim)
-                                                   : cosine_distance_unit(xf + i * dim, c, dim);
+          dist_out[r0 + i] = metric == Metric::kL2 ? squared_l2(xf + i * dim, chosen.data(), dim)
+                                                   : cosine_distance_unit(xf + i * dim, chosen.data(), dim);
         }
       }
     });
