@@ -75,7 +75,7 @@ def test_encode_decode_round_trip(kwargs):
 
 
 def test_straight_through_gradient():
-    layer = VectorQuantizer(8, 32, commitment_weight=0.0)
+    layer = VectorQuantizer(8, 32, commitment_weight=0.0, decay=None)
     x = torch.randn(5, 8, requires_grad=True)
     quantized, _, _ = layer(x)
     quantized.sum().backward()
@@ -84,7 +84,7 @@ def test_straight_through_gradient():
 
 
 def test_learned_codebook_gets_the_codebook_loss_gradient():
-    layer = VectorQuantizer(4, 6, commitment_weight=0.0)
+    layer = VectorQuantizer(4, 6, commitment_weight=0.0, decay=None)
     x = torch.randn(10, 4)
     _, indices, loss = layer(x)
     loss.backward()
@@ -100,7 +100,8 @@ def test_same_indices_as_vector_quantize_pytorch(use_cosine_sim, codebook_dim):
     torch.manual_seed(1)
     theirs = vqp.VectorQuantize(dim=32, codebook_size=512, codebook_dim=codebook_dim,
                                 use_cosine_sim=use_cosine_sim, decay=0.8, commitment_weight=1.0).eval()
-    ours = VectorQuantizer(32, 512, codebook_dim=codebook_dim, metric="cosine" if use_cosine_sim else "l2",
+    # The same keyword arguments: switching is a one-line change.
+    ours = VectorQuantizer(dim=32, codebook_size=512, codebook_dim=codebook_dim, use_cosine_sim=use_cosine_sim,
                            decay=0.8, commitment_weight=1.0).eval()
     with torch.no_grad():
         # Their codebook is (num_codebooks=1, K, D); their projections are the same nn.Linear layers.

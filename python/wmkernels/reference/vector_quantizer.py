@@ -25,10 +25,15 @@ class VectorQuantizer(nn.Module):
     when it differs from dim, Linear layers project in (dim -> D) and out (D -> dim).
     metric: "l2" (nearest in Euclidean distance) or "cosine" (input and codes are l2-normalized; the
     quantized vector is the unit code). commitment_weight: weight of mean((z - sg[q])^2).
-    decay: None learns the codebook by gradient (the loss then adds the codebook term mean((sg[z] - q)^2));
-    a float in (0, 1) updates it by exponential moving averages instead (VQ-VAE-2), in training mode.
+    decay: a float in (0, 1) (default 0.8, as vector-quantize-pytorch) updates the codebook by exponential
+    moving averages (VQ-VAE-2) in training mode; None learns it by gradient instead (the loss then adds the
+    codebook term mean((sg[z] - q)^2)).
     eps: Laplace smoothing of the EMA cluster sizes. threshold_ema_dead_code: in EMA training, codes whose
     EMA cluster size falls below it are replaced by random inputs of the batch (0 disables).
+    use_cosine_sim=True is accepted as vector-quantize-pytorch's spelling of metric="cosine", so that
+    `VectorQuantize(dim, codebook_size, ...)` -> `VectorQuantizer(dim, codebook_size, ...)` is a one-line
+    change. Differences: the straight-through estimator is used in training (theirs defaults to the
+    rotation trick), and the loss is returned in eval mode too (theirs returns 0 there).
 
     forward(x) -> (quantized (..., dim), indices int64 (...), loss scalar). The quantized output carries
     the straight-through gradient to x; the loss is computed in train and eval mode alike.
@@ -41,11 +46,14 @@ class VectorQuantizer(nn.Module):
         codebook_dim: int | None = None,
         metric: str = "l2",
         commitment_weight: float = 1.0,
-        decay: float | None = None,
+        decay: float | None = 0.8,
         eps: float = 1e-5,
         threshold_ema_dead_code: float = 0.0,
+        use_cosine_sim: bool = False,
     ):
         super().__init__()
+        if use_cosine_sim:  # vector-quantize-pytorch's spelling of metric="cosine"
+            metric = "cosine"
         if metric not in ("l2", "cosine"):
             raise ValueError(f"metric must be 'l2' or 'cosine', got {metric!r}")
         if codebook_size < 1 or dim < 1:
