@@ -21,6 +21,10 @@ TORCH_LIBRARY(wmk, m) {
   m.def("fsq_quantize(Tensor z, int[] levels) -> (Tensor, Tensor)");
   m.def("fsq_quantize_backward(Tensor grad_codes, Tensor z, int[] levels) -> Tensor");
   m.def("fsq_decode(Tensor indices, int[] levels, ScalarType? dtype=None) -> Tensor");
+
+  // VQ (nearest-code vector quantization): fused distance + argmin over a codebook, and the code gather.
+  m.def("vq_encode(Tensor x, Tensor codebook, str metric=\"l2\") -> (Tensor indices, Tensor distances)");
+  m.def("vq_decode(Tensor indices, Tensor codebook) -> Tensor");
 }
 
 namespace {

@@ -3,6 +3,7 @@
 Public API:
     show_config()                          what this build has (torch, CUDA, CPU features, Triton)
     factorize_tokens, unfactorize_tokens   the 2^18 = 512 x 512 token factorization of the 1X data
+    vq_encode, vq_decode                   nearest-code VQ: fused distance + argmin, and the code gather
     BACKENDS, BackendUnavailableError      backend choice: backend=... per call, or $WMK_BACKEND
     lfq_encode, lfq_decode, lfq_entropy_loss   lookup-free quantization (wmkernels.nn.LookupFreeQuantizer)
     fsq_quantize, fsq_decode               finite scalar quantization (wmkernels.nn.FiniteScalarQuantizer)
@@ -12,6 +13,7 @@ from importlib import metadata as _metadata
 from wmkernels.config import show_config
 from wmkernels.ops import BACKENDS, BackendUnavailableError, factorize_tokens, unfactorize_tokens
 from wmkernels.ops import fsq_decode, fsq_quantize, lfq_decode, lfq_encode, lfq_entropy_loss
+from wmkernels.ops import vq_decode, vq_encode
 
 try:
     __version__ = _metadata.version("wmkernels")
@@ -30,4 +32,6 @@ __all__ = [
     "lfq_entropy_loss",
     "show_config",
     "unfactorize_tokens",
+    "vq_decode",
+    "vq_encode",
 ]

@@ -49,11 +49,25 @@ def _fsq() -> tuple[bool, str]:
     return ok, "fsq_quantize (levels 8,5,5,5) forward and straight-through backward, fsq_decode"
 
 
+def _vq() -> tuple[bool, str]:
+    x = torch.randn(256, 16, generator=_gen(), dtype=torch.float64).float()
+    codebook = torch.randn(37, 16, generator=_gen(), dtype=torch.float64).float().requires_grad_()
+    indices, distances = ops.vq_encode(x, codebook.detach())
+    ref_indices, ref_distances = reference.vq_encode(x.double(), codebook.detach().double())
+    ok = torch.equal(indices, ref_indices) and bool(torch.allclose(distances.double(), ref_distances, atol=1e-4))
+    codes = ops.vq_decode(indices, codebook)
+    (grad,) = torch.autograd.grad(codes.sum(), codebook)
+    expected = torch.zeros_like(codebook).index_add_(0, indices, torch.ones_like(x))
+    ok &= torch.equal(codes, codebook[indices]) and bool(torch.allclose(grad, expected))
+    return ok, "vq_encode (256 x 16, K = 37) and vq_decode forward and backward"
+
+
 #: family name -> (ops it exercises, check returning (passed, description))
 CHECKS: dict[str, tuple[tuple[str, ...], Callable[[], tuple[bool, str]]]] = {
     "tokens": (("wmk::factorize_tokens", "wmk::unfactorize_tokens"), _tokens),
     "lfq": (("wmk::lfq_encode", "wmk::lfq_decode", "wmk::lfq_entropy_loss", "wmk::lfq_entropy_loss_backward"), _lfq),
     "fsq": (("wmk::fsq_quantize", "wmk::fsq_quantize_backward", "wmk::fsq_decode"), _fsq),
+    "vq": (("wmk::vq_encode", "wmk::vq_decode"), _vq),
 }
 
 

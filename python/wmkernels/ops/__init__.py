@@ -4,6 +4,7 @@ from wmkernels.ops._backend import BACKENDS, BackendUnavailableError
 from wmkernels.ops.fsq import fsq_decode, fsq_quantize
 from wmkernels.ops.lfq import lfq_decode, lfq_encode, lfq_entropy_loss
 from wmkernels.ops.tokens import factorize_tokens, unfactorize_tokens
+from wmkernels.ops.vq import vq_decode, vq_encode
 
 __all__ = [
     "BACKENDS",
@@ -15,4 +16,6 @@ __all__ = [
     "lfq_encode",
     "lfq_entropy_loss",
     "unfactorize_tokens",
+    "vq_decode",
+    "vq_encode",
 ]

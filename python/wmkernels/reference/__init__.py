@@ -2,6 +2,7 @@
 from wmkernels.reference.fsq import fsq_decode, fsq_quantize
 from wmkernels.reference.lfq import lfq_decode, lfq_encode, lfq_entropy_loss
 from wmkernels.reference.tokens import factorize_tokens, unfactorize_tokens
+from wmkernels.reference.vq import vq_decode, vq_encode
 
 __all__ = [
     "factorize_tokens",
@@ -11,4 +12,6 @@ __all__ = [
     "lfq_encode",
     "lfq_entropy_loss",
     "unfactorize_tokens",
+    "vq_decode",
+    "vq_encode",
 ]
