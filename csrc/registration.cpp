@@ -11,6 +11,21 @@ TORCH_LIBRARY(wmk, m) {
   // Tokens: the base**num_factors factorization of the 1X tokens (2^18 = 512 x 512).
   m.def("factorize_tokens(Tensor tokens, int factored_vocab_size=512, int num_factors=2) -> Tensor");
   m.def("unfactorize_tokens(Tensor factors, int factored_vocab_size=512) -> Tensor");
+  // Attention (factorized spatiotemporal, on the video layout (B, T, S, H, D); see python/wmkernels/ops/attention.py).
+  // The forwards return (out, lse): lse (B, T, S, H) is the log-sum-exp per query (float32; float64 for float64
+  // inputs), saved for the backward. Backwards return (dq, dk, dv, d_qk_norm_weight, d_qk_norm_bias); the last two
+  // are empty without qk_norm.
+  m.def("spatial_attention(Tensor q, Tensor k, Tensor v, float scale, Tensor? qk_norm_weight=None, "
+        "Tensor? qk_norm_bias=None, float qk_norm_eps=1e-05) -> (Tensor, Tensor)");
+  m.def("spatial_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "float scale, Tensor? qk_norm_weight, Tensor? qk_norm_bias, float qk_norm_eps) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("temporal_attention(Tensor q, Tensor k, Tensor v, bool causal, float scale, Tensor? qk_norm_weight=None, "
+        "Tensor? qk_norm_bias=None, float qk_norm_eps=1e-05) -> (Tensor, Tensor)");
+  m.def("temporal_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "bool causal, float scale, Tensor? qk_norm_weight, Tensor? qk_norm_bias, float qk_norm_eps) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("frame_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor num_frames, float scale) -> Tensor");
 }
 
 namespace {

@@ -1,6 +1,15 @@
 """Thin wrappers over `torch.ops.wmk.*`: argument checks, backend choice, fake and autograd registrations."""
 from wmkernels import _extension  # noqa: F401  (loads the extension, which registers torch.ops.wmk)
 from wmkernels.ops._backend import BACKENDS, BackendUnavailableError
+from wmkernels.ops.attention import frame_decode_attention, spatial_attention, temporal_attention
 from wmkernels.ops.tokens import factorize_tokens, unfactorize_tokens
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "factorize_tokens", "unfactorize_tokens"]
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "factorize_tokens",
+    "frame_decode_attention",
+    "spatial_attention",
+    "temporal_attention",
+    "unfactorize_tokens",
+]
