@@ -223,6 +223,30 @@ def test_frame_decode_out_of_range_raises_on_cpu(bad):
         wmkernels.frame_decode_attention(q, kc, kc, torch.tensor([3, bad]))
 
 
+def test_gpu_kernels_fall_back_on_odd_head_dims_with_one_warning():
+    q, k, v = make_qkv((1, 2, 5, 1, 12), torch.float32, "fused")
+    with pytest.warns(UserWarning, match="head dim 12 runs on the pure-PyTorch reference"):
+        out = wmkernels.spatial_attention(q, k, v, backend="triton")
+    torch.testing.assert_close(out, ref.spatial_attention(q, k, v))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call stays silent
+        wmkernels.spatial_attention(q, k, v, backend="triton")
+    # The C++ CPU kernel takes any head dim, without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(wmkernels.spatial_attention(q, k, v), out)
+
+
+def test_frame_decode_gpu_kernels_clamp_num_frames():
+    # Triton (the interpreter here) cannot raise on a device value without a sync: it clamps to [1, T_max].
+    q, kc, vc = torch.randn(2, 4, 2, 16), torch.randn(2, 5, 4, 2, 16), torch.randn(2, 5, 4, 2, 16)
+    out = wmkernels.frame_decode_attention(q, kc, vc, torch.tensor([0, 9]), backend="triton")
+    expected = ref.frame_decode_attention(q, kc, vc, torch.tensor([1, 5]))
+    torch.testing.assert_close(out, expected)
+
+
 def test_empty_inputs():
     q = torch.randn(0, 3, 4, 2, 8)
     assert wmkernels.spatial_attention(q, q, q).shape == q.shape

@@ -23,6 +23,8 @@ the log-sum-exp saved, the backward recomputing the probabilities).
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +32,25 @@ from wmkernels.ops import _backend
 from wmkernels.ops._checks import check_tensor
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+_warned: set[tuple[str, int]] = set()
+
+
+def _gpu_path(op: str, impl: str, device: torch.device, d: int) -> str:
+    """The GPU kernels (CUDA, Triton) take head dims that are multiples of 8 in [8, 256]. Another head dim falls
+    back to the reference, with a warning once per (op, head dim); the CPU kernel takes any head dim."""
+    gpu_kernel = impl == "triton" or (impl == "native" and device.type == "cuda")
+    if not gpu_kernel or (d % 8 == 0 and 8 <= d <= 256):
+        return impl
+    if (op, d) not in _warned:
+        _warned.add((op, d))
+        warnings.warn(
+            f"{op}: the GPU kernels take head dims that are multiples of 8 in [8, 256]; head dim {d} runs on the "
+            "pure-PyTorch reference instead (slower, same results)",
+            stacklevel=3,
+        )
+    return "reference"
 
 
 def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -120,9 +141,9 @@ def spatial_attention(
     _check_qkv(op, q, k, v, temporal=False, causal=False)
     _check_norm(op, q, qk_norm_weight, qk_norm_bias, qk_norm_eps)
     scale = _scale(q, scale)
-    impl = _backend.select(backend, q.device, op)
+    impl = _gpu_path(op, _backend.select(backend, q.device, op), q.device, q.shape[-1])
     if impl == "reference":
-        from wmkernels import reference
+        from wmkernels.reference import attention as reference
 
         qn, kn = _reference_norm(q, k, qk_norm_weight, qk_norm_bias, qk_norm_eps)
         return reference.spatial_attention(qn, kn, v, scale)
@@ -156,9 +177,9 @@ def temporal_attention(
     _check_qkv(op, q, k, v, temporal=True, causal=causal)
     _check_norm(op, q, qk_norm_weight, qk_norm_bias, qk_norm_eps)
     scale = _scale(q, scale)
-    impl = _backend.select(backend, q.device, op)
+    impl = _gpu_path(op, _backend.select(backend, q.device, op), q.device, q.shape[-1])
     if impl == "reference":
-        from wmkernels import reference
+        from wmkernels.reference import attention as reference
 
         qn, kn = _reference_norm(q, k, qk_norm_weight, qk_norm_bias, qk_norm_eps)
         return reference.temporal_attention(qn, kn, v, causal, scale)
@@ -220,9 +241,9 @@ def frame_decode_attention(
         raise ValueError(f"{op}: num_frames is on {num_frames.device} but q is on {q.device} (keep it on the "
                          "device: it is read there, without a sync)")
     scale = _scale(q, scale)
-    impl = _backend.select(backend, q.device, op)
+    impl = _gpu_path(op, _backend.select(backend, q.device, op), q.device, q.shape[-1])
     if impl == "reference":
-        from wmkernels import reference
+        from wmkernels.reference import attention as reference
 
         return reference.frame_decode_attention(q, k_cache, v_cache, num_frames, scale)
     if impl == "triton":
