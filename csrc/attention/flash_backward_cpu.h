@@ -35,6 +35,14 @@ void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, 
         dkt(lkp * dv), dvt(lkp * dv), dx(d);
     for (int64_t g = begin; g < end; ++g) {
       const int64_t h = g % p.heads, x = (g / p.heads) % p.other, b = g / (p.heads * p.other);
+      if (g + 1 < end) {
+        const int64_t hn = (g + 1) % p.heads, xn = ((g + 1) / p.heads) % p.other, bn = (g + 1) / (p.heads * p.other);
+        prefetch_rows(q.group(bn, xn, hn), lq, q.st.l, q.st.d, d);
+        prefetch_rows(out.group(bn, xn, hn), lq, out.st.l, out.st.d, d);
+        prefetch_rows(dout.group(bn, xn, hn), lq, dout.st.l, dout.st.d, d);
+        prefetch_rows(k.group(bn, xn, hn), lk, k.st.l, k.st.d, d);
+        prefetch_rows(v.group(bn, xn, hn), lk, v.st.l, v.st.d, d);
+      }
       pack_keys(k.group(b, x, h), k.st, v.group(b, x, h), v.st, lk, d, norm, true, pack, row.data());
       std::fill(dkt.begin(), dkt.end(), acc_t(0));
       std::fill(dvt.begin(), dvt.end(), acc_t(0));

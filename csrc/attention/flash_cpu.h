@@ -52,6 +52,26 @@ inline void load_row(const scalar_t* src, int64_t sd, int64_t d, int64_t padded,
   for (int64_t i = d; i < padded; ++i) dst[i] = 0;
 }
 
+// Starts loading n rows of the next group into cache. The rows of one group lie far apart (a temporal
+// sequence's frames are S * H * D elements apart), so the hardware prefetcher cannot follow them and the
+// packing loops would otherwise wait on each miss in turn; a group of work ahead is enough to hide them.
+template <typename scalar_t>
+inline void prefetch_rows(const scalar_t* base, int64_t n, int64_t sl, int64_t sd, int64_t d) {
+  if (sd != 1) return;
+  const int64_t bytes = d * static_cast<int64_t>(sizeof(scalar_t));
+  for (int64_t i = 0; i < n; ++i) {
+    const char* row = reinterpret_cast<const char*>(base + i * sl);
+    for (int64_t o = 0; o < bytes; o += 64) {
+#if defined(__x86_64__) && defined(__GNUC__)
+      // Not __builtin_prefetch: C++'s forward-progress rule lets GCC delete a loop of nothing but prefetches.
+      asm volatile("prefetcht0 %0" : : "m"(row[o]));
+#else
+      __builtin_prefetch(row + o);
+#endif
+    }
+  }
+}
+
 // qk LayerNorm parameters converted to acc_t once per call.
 template <typename acc_t>
 struct Norm {
@@ -144,6 +164,12 @@ void flash_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, O
     for (int64_t g = begin; g < end; ++g) {
       const int64_t h = g % p.heads, x = (g / p.heads) % p.other, b = g / (p.heads * p.other);
       const int64_t lk = lk_of(b);
+      if (g + 1 < end) {
+        const int64_t hn = (g + 1) % p.heads, xn = ((g + 1) / p.heads) % p.other, bn = (g + 1) / (p.heads * p.other);
+        prefetch_rows(q.group(bn, xn, hn), lq, q.st.l, q.st.d, d);
+        prefetch_rows(k.group(bn, xn, hn), lk_of(bn), k.st.l, k.st.d, d);
+        prefetch_rows(v.group(bn, xn, hn), lk_of(bn), v.st.l, v.st.d, d);
+      }
       pack_keys(k.group(b, x, h), k.st, v.group(b, x, h), v.st, lk, d, norm, false, pack, row.data());
       for (int64_t i0 = 0; i0 < lq; i0 += kTileQ) {
         const int64_t mq = std::min(kTileQ, lq - i0), mq4 = round_up(mq, 4);
