@@ -64,13 +64,12 @@ struct Avx2Kernels {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   }
 
-  // exp on 8 lanes: range reduction x = n ln2 + r, a degree-5 polynomial for exp(r) (Cephes' coefficients),
-  // then 2^n through the exponent bits. Relative error ~1e-7; inputs below -87.3 give 0.
+  // exp on 8 lanes for x <= 0 (softmax arguments are x - max): range reduction x = n ln2 + r, a degree-5
+  // polynomial for exp(r) (Cephes' coefficients), 2^n through the exponent bits. Relative error ~1e-7.
+  // Inputs are clamped at -87.3 so that 2^n stays a normal number; exp(-87.3) ~ 1e-38 is 0 for a softmax.
   WMK_AVX2 static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
-    x = _mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f));
-    __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
-    fx = _mm256_floor_ps(fx);
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    const __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
     __m256 y = _mm256_set1_ps(1.9875691500E-4f);
@@ -80,9 +79,8 @@ struct Avx2Kernels {
     y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
     y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
     y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
-    e = _mm256_max_epi32(e, _mm256_setzero_si256());  // 2^n underflows to 0, never wraps
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
   }
 
   WMK_AVX2 static void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t m,
@@ -116,8 +114,16 @@ struct Avx2Kernels {
   }
 
   WMK_AVX2 static float max(const float* x, int64_t n) {
-    __m256 m8 = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    // Four running maxima, so the loop is not bound by the latency of one dependency chain.
+    __m256 m8 = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), m8b = m8, m8c = m8, m8d = m8;
     int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+      m8 = _mm256_max_ps(m8, _mm256_loadu_ps(x + j));
+      m8b = _mm256_max_ps(m8b, _mm256_loadu_ps(x + j + 8));
+      m8c = _mm256_max_ps(m8c, _mm256_loadu_ps(x + j + 16));
+      m8d = _mm256_max_ps(m8d, _mm256_loadu_ps(x + j + 24));
+    }
+    m8 = _mm256_max_ps(_mm256_max_ps(m8, m8b), _mm256_max_ps(m8c, m8d));
     for (; j + 8 <= n; j += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(x + j));
     alignas(32) float lanes[8];
     _mm256_store_ps(lanes, m8);

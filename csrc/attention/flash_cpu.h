@@ -188,9 +188,9 @@ void flash_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, O
             if (nv > 0) {
               const acc_t m_new = std::max(m[r], Kern::max(s, nv));
               const acc_t alpha = std::exp(m[r] - m_new);  // 0 on the first block (m = -inf)
-              l[r] = l[r] * alpha + Kern::exp_shift(s, nv, m_new);
-              if (alpha != acc_t(1))
+              if (alpha != acc_t(1) && l[r] != acc_t(0))  // nothing to rescale before the first visible key
                 for (int64_t i = 0; i < dv; ++i) ob[r * dv + i] *= alpha;
+              l[r] = l[r] * alpha + Kern::exp_shift(s, nv, m_new);
               m[r] = m_new;
             }
             std::fill(s + nv, s + nkp, acc_t(0));
@@ -201,7 +201,11 @@ void flash_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, O
         for (int64_t r = 0; r < mq; ++r) {
           const acc_t inv = acc_t(1) / l[r];
           scalar_t* orow = og + (i0 + r) * out.st.l;
-          for (int64_t i = 0; i < d; ++i) orow[i * out.st.d] = static_cast<scalar_t>(ob[r * dv + i] * inv);
+          if (out.st.d == 1) {  // the usual case (outputs are contiguous): a loop the compiler vectorizes
+            for (int64_t i = 0; i < d; ++i) orow[i] = static_cast<scalar_t>(ob[r * dv + i] * inv);
+          } else {
+            for (int64_t i = 0; i < d; ++i) orow[i * out.st.d] = static_cast<scalar_t>(ob[r * dv + i] * inv);
+          }
           if (lse != nullptr) lse[b * ls.b + x * ls.x + (i0 + r) * ls.l + h * ls.h] = m[r] + std::log(l[r]);
         }
       }
