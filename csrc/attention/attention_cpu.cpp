@@ -116,34 +116,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   return {dq, dk, dv, dw, db};
 }
 
-std::tuple<at::Tensor, at::Tensor> spatial_attention_cpu(const at::Tensor& q, const at::Tensor& k,
-                                                         const at::Tensor& v, double scale,
-                                                         const c10::optional<at::Tensor>& w,
-                                                         const c10::optional<at::Tensor>& b, double eps) {
-  return forward("spatial_attention", Axis::kSpatial, q, k, v, false, scale, w, b, eps);
-}
-
-std::tuple<at::Tensor, at::Tensor> temporal_attention_cpu(const at::Tensor& q, const at::Tensor& k,
-                                                          const at::Tensor& v, bool causal, double scale,
-                                                          const c10::optional<at::Tensor>& w,
-                                                          const c10::optional<at::Tensor>& b, double eps) {
-  return forward("temporal_attention", Axis::kTemporal, q, k, v, causal, scale, w, b, eps);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> spatial_attention_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& lse, double scale, const c10::optional<at::Tensor>& w, const c10::optional<at::Tensor>& b,
-    double eps) {
-  return backward("spatial_attention_backward", Axis::kSpatial, grad_out, q, k, v, out, lse, false, scale, w, b, eps);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> temporal_attention_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& lse, bool causal, double scale, const c10::optional<at::Tensor>& w,
-    const c10::optional<at::Tensor>& b, double eps) {
-  return backward("temporal_attention_backward", Axis::kTemporal, grad_out, q, k, v, out, lse, causal, scale, w, b,
-                  eps);
-}
+struct CPUImpl {
+  static ForwardResult forward(const char* op, Axis axis, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               bool causal, double scale, const OptTensor& w, const OptTensor& b, double eps) {
+    return attention::forward(op, axis, q, k, v, causal, scale, w, b, eps);
+  }
+  static BackwardResult backward(const char* op, Axis axis, const at::Tensor& grad_out, const at::Tensor& q,
+                                 const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                 const at::Tensor& lse, bool causal, double scale, const OptTensor& w,
+                                 const OptTensor& b, double eps) {
+    return attention::backward(op, axis, grad_out, q, k, v, out, lse, causal, scale, w, b, eps);
+  }
+};
+using Entry = EntryPoints<CPUImpl>;
 
 // Frame decoding: temporal attention of one query frame over the first num_frames[b] cached frames.
 // On CPU the frame counts are read directly (no device to sync with), so out-of-range values raise.
@@ -180,10 +165,10 @@ at::Tensor frame_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_c
 }  // namespace
 
 TORCH_LIBRARY_IMPL(wmk, CPU, m) {
-  m.impl("spatial_attention", &spatial_attention_cpu);
-  m.impl("spatial_attention_backward", &spatial_attention_backward_cpu);
-  m.impl("temporal_attention", &temporal_attention_cpu);
-  m.impl("temporal_attention_backward", &temporal_attention_backward_cpu);
+  m.impl("spatial_attention", &Entry::spatial);
+  m.impl("spatial_attention_backward", &Entry::spatial_backward);
+  m.impl("temporal_attention", &Entry::temporal);
+  m.impl("temporal_attention_backward", &Entry::temporal_backward);
   m.impl("frame_decode_attention", &frame_decode_attention_cpu);
 }
 

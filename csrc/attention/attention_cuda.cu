@@ -168,34 +168,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   return {dq, dk, dv, dw, db};
 }
 
-std::tuple<at::Tensor, at::Tensor> spatial_attention_cuda(const at::Tensor& q, const at::Tensor& k,
-                                                          const at::Tensor& v, double scale,
-                                                          const c10::optional<at::Tensor>& w,
-                                                          const c10::optional<at::Tensor>& b, double eps) {
-  return forward("spatial_attention", Axis::kSpatial, q, k, v, false, scale, w, b, eps);
-}
-
-std::tuple<at::Tensor, at::Tensor> temporal_attention_cuda(const at::Tensor& q, const at::Tensor& k,
-                                                           const at::Tensor& v, bool causal, double scale,
-                                                           const c10::optional<at::Tensor>& w,
-                                                           const c10::optional<at::Tensor>& b, double eps) {
-  return forward("temporal_attention", Axis::kTemporal, q, k, v, causal, scale, w, b, eps);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> spatial_attention_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& lse, double scale, const c10::optional<at::Tensor>& w, const c10::optional<at::Tensor>& b,
-    double eps) {
-  return backward("spatial_attention_backward", Axis::kSpatial, grad_out, q, k, v, out, lse, false, scale, w, b, eps);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> temporal_attention_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-    const at::Tensor& lse, bool causal, double scale, const c10::optional<at::Tensor>& w,
-    const c10::optional<at::Tensor>& b, double eps) {
-  return backward("temporal_attention_backward", Axis::kTemporal, grad_out, q, k, v, out, lse, causal, scale, w, b,
-                  eps);
-}
+struct CUDAImpl {
+  static ForwardResult forward(const char* op, Axis axis, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               bool causal, double scale, const OptTensor& w, const OptTensor& b, double eps) {
+    return attention::forward(op, axis, q, k, v, causal, scale, w, b, eps);
+  }
+  static BackwardResult backward(const char* op, Axis axis, const at::Tensor& grad_out, const at::Tensor& q,
+                                 const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                                 const at::Tensor& lse, bool causal, double scale, const OptTensor& w,
+                                 const OptTensor& b, double eps) {
+    return attention::backward(op, axis, grad_out, q, k, v, out, lse, causal, scale, w, b, eps);
+  }
+};
+using Entry = EntryPoints<CUDAImpl>;
 
 // num_frames is read by the kernel and clamped to [1, T_max] there: no host sync, graph-capturable.
 at::Tensor frame_decode_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -226,10 +211,10 @@ at::Tensor frame_decode_attention_cuda(const at::Tensor& q, const at::Tensor& k_
 }  // namespace
 
 TORCH_LIBRARY_IMPL(wmk, CUDA, m) {
-  m.impl("spatial_attention", &spatial_attention_cuda);
-  m.impl("spatial_attention_backward", &spatial_attention_backward_cuda);
-  m.impl("temporal_attention", &temporal_attention_cuda);
-  m.impl("temporal_attention_backward", &temporal_attention_backward_cuda);
+  m.impl("spatial_attention", &Entry::spatial);
+  m.impl("spatial_attention_backward", &Entry::spatial_backward);
+  m.impl("temporal_attention", &Entry::temporal);
+  m.impl("temporal_attention_backward", &Entry::temporal_backward);
   m.impl("frame_decode_attention", &frame_decode_attention_cuda);
 }
 
