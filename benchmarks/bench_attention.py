@@ -38,12 +38,18 @@ def inputs(requires_grad=False, seed=0):
     return [torch.randn(B, T, S, 3 * H * D, generator=g, requires_grad=requires_grad) for _ in range(2)]
 
 
-def wmkernels_block(x_s, x_t):
+def wmkernels_spatial(x_s):
     q, k, v = x_s.view(B, T, S, 3, H, D).unbind(3)
-    y_s = wmkernels.spatial_attention(q, k, v).view(B, T, S, H * D)
+    return wmkernels.spatial_attention(q, k, v).view(B, T, S, H * D)
+
+
+def wmkernels_temporal(x_t):
     q, k, v = x_t.view(B, T, S, 3, H, D).unbind(3)
-    y_t = wmkernels.temporal_attention(q, k, v, causal=True).view(B, T, S, H * D)
-    return y_s, y_t
+    return wmkernels.temporal_attention(q, k, v, causal=True).view(B, T, S, H * D)
+
+
+def wmkernels_block(x_s, x_t):
+    return wmkernels_spatial(x_s), wmkernels_temporal(x_t)
 
 
 def _explicit(q, k, v, causal):
@@ -54,18 +60,28 @@ def _explicit(q, k, v, causal):
     return scores.softmax(dim=-1) @ v
 
 
-def _genie_block(x_s, x_t, attend):
-    # Spatial: (B, T, S, 3HD) -> (B*T, H, S, D) each, attend, back to (B, T, S, HD).
+def _genie_spatial(x_s, attend):
+    # (B, T, S, 3HD) -> (B*T, H, S, D) each, attend, back to (B, T, S, HD).
     q, k, v = x_s.reshape(B * T, S, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
-    y_s = attend(q, k, v, False).transpose(1, 2).reshape(B, T, S, H * D)
-    # Temporal: (B, T, S, 3HD) -> (B*S, H, T, D) each, attend causally, back to (B, T, S, HD).
+    return attend(q, k, v, False).transpose(1, 2).reshape(B, T, S, H * D)
+
+
+def _genie_temporal(x_t, attend):
+    # (B, T, S, 3HD) -> (B*S, H, T, D) each, attend causally, back to (B, T, S, HD).
     q, k, v = x_t.permute(0, 2, 1, 3).reshape(B * S, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
-    y_t = attend(q, k, v, True).transpose(1, 2).reshape(B, S, T, H * D).permute(0, 2, 1, 3).contiguous()
-    return y_s, y_t
+    return attend(q, k, v, True).transpose(1, 2).reshape(B, S, T, H * D).permute(0, 2, 1, 3).contiguous()
+
+
+def _genie_block(x_s, x_t, attend):
+    return _genie_spatial(x_s, attend), _genie_temporal(x_t, attend)
+
+
+def _sdpa(q, k, v, causal):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
 def sdpa_block(x_s, x_t):
-    return _genie_block(x_s, x_t, lambda q, k, v, causal: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+    return _genie_block(x_s, x_t, _sdpa)
 
 
 def explicit_block(x_s, x_t):
@@ -154,6 +170,14 @@ def main():
             print(f"  {m:10s} {ms[m]:8.2f} ms{ratio}")
         peaks = {m: peak_memory_mb(m, backward) for m in METHODS}
         print("  peak memory above inputs (MiB): " + ", ".join(f"{m} {peaks[m]:.1f}" for m in METHODS))
+    print("\nforward by part (incl. layout changes):")
+    x = inputs()[0]
+    parts = {"spatial": (wmkernels_spatial, lambda x: _genie_spatial(x, _sdpa)),
+             "temporal": (wmkernels_temporal, lambda x: _genie_temporal(x, _sdpa))}
+    for part, (ours, sdpa) in parts.items():
+        ms = timed({"wmkernels": lambda: ours(x), "sdpa": lambda: sdpa(x)}, args.repeats)
+        print(f"  {part:8s} wmkernels {ms['wmkernels']:8.2f} ms   sdpa {ms['sdpa']:8.2f} ms   "
+              f"ratio {ms['sdpa'] / ms['wmkernels']:.2f}x")
     print("\nattention core (spatial, no layout changes) beside a square matmul, same run:")
     for name, (ms_, gf) in core_gflops(args.repeats).items():
         print(f"  {name:24s} {ms_:8.2f} ms {gf:8.1f} GFLOP/s")
