@@ -165,29 +165,29 @@ using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
 using OptTensor = c10::optional<at::Tensor>;
 
 // The four schemas' entry points for one device, bound to its generic implementations
-// Impl::forward(op, axis, q, k, v, causal, scale, w, b, eps) and Impl::backward(op, axis, grad_out, q, k, v, out,
-// lse, causal, scale, w, b, eps), so the CPU and CUDA files register the same signatures.
-template <typename Impl>
+// Forward(op, axis, q, k, v, causal, scale, w, b, eps) and Backward(op, axis, grad_out, q, k, v, out, lse, causal,
+// scale, w, b, eps), so the CPU and CUDA files register the same signatures.
+template <auto Forward, auto Backward>
 struct EntryPoints {
   static ForwardResult spatial(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                const OptTensor& w, const OptTensor& b, double eps) {
-    return Impl::forward("spatial_attention", Axis::kSpatial, q, k, v, false, scale, w, b, eps);
+    return Forward("spatial_attention", Axis::kSpatial, q, k, v, false, scale, w, b, eps);
   }
   static ForwardResult temporal(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal,
                                 double scale, const OptTensor& w, const OptTensor& b, double eps) {
-    return Impl::forward("temporal_attention", Axis::kTemporal, q, k, v, causal, scale, w, b, eps);
+    return Forward("temporal_attention", Axis::kTemporal, q, k, v, causal, scale, w, b, eps);
   }
   static BackwardResult spatial_backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                                          const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                                          double scale, const OptTensor& w, const OptTensor& b, double eps) {
-    return Impl::backward("spatial_attention_backward", Axis::kSpatial, grad_out, q, k, v, out, lse, false, scale, w,
+    return Backward("spatial_attention_backward", Axis::kSpatial, grad_out, q, k, v, out, lse, false, scale, w,
                           b, eps);
   }
   static BackwardResult temporal_backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                                           const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                                           bool causal, double scale, const OptTensor& w, const OptTensor& b,
                                           double eps) {
-    return Impl::backward("temporal_attention_backward", Axis::kTemporal, grad_out, q, k, v, out, lse, causal, scale,
+    return Backward("temporal_attention_backward", Axis::kTemporal, grad_out, q, k, v, out, lse, causal, scale,
                           w, b, eps);
   }
 };

@@ -116,19 +116,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   return {dq, dk, dv, dw, db};
 }
 
-struct CPUImpl {
-  static ForwardResult forward(const char* op, Axis axis, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                               bool causal, double scale, const OptTensor& w, const OptTensor& b, double eps) {
-    return attention::forward(op, axis, q, k, v, causal, scale, w, b, eps);
-  }
-  static BackwardResult backward(const char* op, Axis axis, const at::Tensor& grad_out, const at::Tensor& q,
-                                 const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-                                 const at::Tensor& lse, bool causal, double scale, const OptTensor& w,
-                                 const OptTensor& b, double eps) {
-    return attention::backward(op, axis, grad_out, q, k, v, out, lse, causal, scale, w, b, eps);
-  }
-};
-using Entry = EntryPoints<CPUImpl>;
+using Entry = EntryPoints<&forward, &backward>;
 
 // Frame decoding: temporal attention of one query frame over the first num_frames[b] cached frames.
 // On CPU the frame counts are read directly (no device to sync with), so out-of-range values raise.

@@ -168,19 +168,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   return {dq, dk, dv, dw, db};
 }
 
-struct CUDAImpl {
-  static ForwardResult forward(const char* op, Axis axis, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                               bool causal, double scale, const OptTensor& w, const OptTensor& b, double eps) {
-    return attention::forward(op, axis, q, k, v, causal, scale, w, b, eps);
-  }
-  static BackwardResult backward(const char* op, Axis axis, const at::Tensor& grad_out, const at::Tensor& q,
-                                 const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-                                 const at::Tensor& lse, bool causal, double scale, const OptTensor& w,
-                                 const OptTensor& b, double eps) {
-    return attention::backward(op, axis, grad_out, q, k, v, out, lse, causal, scale, w, b, eps);
-  }
-};
-using Entry = EntryPoints<CUDAImpl>;
+using Entry = EntryPoints<&forward, &backward>;
 
 // num_frames is read by the kernel and clamped to [1, T_max] there: no host sync, graph-capturable.
 at::Tensor frame_decode_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
