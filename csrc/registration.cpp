@@ -25,6 +25,22 @@ TORCH_LIBRARY(wmk, m) {
   // VQ (nearest-code vector quantization): fused distance + argmin over a codebook, and the code gather.
   m.def("vq_encode(Tensor x, Tensor codebook, str metric=\"l2\") -> (Tensor indices, Tensor distances)");
   m.def("vq_decode(Tensor indices, Tensor codebook) -> Tensor");
+
+  // Attention (factorized spatiotemporal, on the video layout (B, T, S, H, D); see python/wmkernels/ops/attention.py).
+  // The forwards return (out, lse): lse (B, T, S, H) is the log-sum-exp per query (float32; float64 for float64
+  // inputs), saved for the backward. Backwards return (dq, dk, dv, d_qk_norm_weight, d_qk_norm_bias); the last two
+  // are empty without qk_norm.
+  m.def("spatial_attention(Tensor q, Tensor k, Tensor v, float scale, Tensor? qk_norm_weight=None, "
+        "Tensor? qk_norm_bias=None, float qk_norm_eps=1e-05) -> (Tensor, Tensor)");
+  m.def("spatial_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "float scale, Tensor? qk_norm_weight, Tensor? qk_norm_bias, float qk_norm_eps) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("temporal_attention(Tensor q, Tensor k, Tensor v, bool causal, float scale, Tensor? qk_norm_weight=None, "
+        "Tensor? qk_norm_bias=None, float qk_norm_eps=1e-05) -> (Tensor, Tensor)");
+  m.def("temporal_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+        "bool causal, float scale, Tensor? qk_norm_weight, Tensor? qk_norm_bias, float qk_norm_eps) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("frame_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor num_frames, float scale) -> Tensor");
 }
 
 namespace {

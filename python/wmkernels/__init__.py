@@ -4,6 +4,8 @@ Public API:
     show_config()                          what this build has (torch, CUDA, CPU features, Triton)
     factorize_tokens, unfactorize_tokens   the 2^18 = 512 x 512 token factorization of the 1X data
     vq_encode, vq_decode                   nearest-code VQ: fused distance + argmin, and the code gather
+    spatial_attention, temporal_attention  factorized attention on the video layout (B, T, S, H, D)
+    frame_decode_attention                 one frame's queries against a frame KV cache (no host sync)
     BACKENDS, BackendUnavailableError      backend choice: backend=... per call, or $WMK_BACKEND
     lfq_encode, lfq_decode, lfq_entropy_loss   lookup-free quantization (wmkernels.nn.LookupFreeQuantizer)
     fsq_quantize, fsq_decode               finite scalar quantization (wmkernels.nn.FiniteScalarQuantizer)
@@ -12,6 +14,7 @@ from importlib import metadata as _metadata
 
 from wmkernels.config import show_config
 from wmkernels.ops import BACKENDS, BackendUnavailableError, factorize_tokens, unfactorize_tokens
+from wmkernels.ops import frame_decode_attention, spatial_attention, temporal_attention
 from wmkernels.ops import fsq_decode, fsq_quantize, lfq_decode, lfq_encode, lfq_entropy_loss
 from wmkernels.ops import vq_decode, vq_encode
 
@@ -25,12 +28,15 @@ __all__ = [
     "BackendUnavailableError",
     "__version__",
     "factorize_tokens",
+    "frame_decode_attention",
     "fsq_decode",
     "fsq_quantize",
     "lfq_decode",
     "lfq_encode",
     "lfq_entropy_loss",
     "show_config",
+    "spatial_attention",
+    "temporal_attention",
     "unfactorize_tokens",
     "vq_decode",
     "vq_encode",

@@ -62,12 +62,34 @@ def _vq() -> tuple[bool, str]:
     return ok, "vq_encode (256 x 16, K = 37) and vq_decode forward and backward"
 
 
+def _attention() -> tuple[bool, str]:
+    from wmkernels.reference import attention as ref
+
+    qkv = torch.randn(2, 3, 7, 3, 2, 16, generator=_gen(), dtype=torch.float64, requires_grad=True)
+    q, k, v = qkv.unbind(3)  # strided views of one fused projection, as the layers pass them
+    ok = True
+    for op, ref_op in ((ops.spatial_attention, ref.spatial_attention), (ops.temporal_attention, ref.temporal_attention)):
+        out = op(q, k, v)
+        (grad,) = torch.autograd.grad(out.sum(), qkv)
+        ref_out = ref_op(q, k, v)
+        (ref_grad,) = torch.autograd.grad(ref_out.sum(), qkv)
+        ok &= bool(torch.allclose(out, ref_out, atol=1e-10)) and bool(torch.allclose(grad, ref_grad, atol=1e-10))
+    k_cache, v_cache = (torch.randn(2, 4, 7, 2, 16, generator=_gen(), dtype=torch.float64) for _ in range(2))
+    q1 = torch.randn(2, 7, 2, 16, generator=_gen(), dtype=torch.float64)
+    num_frames = torch.tensor([2, 4])
+    ok &= bool(torch.allclose(ops.frame_decode_attention(q1, k_cache, v_cache, num_frames),
+                              ref.frame_decode_attention(q1, k_cache, v_cache, num_frames), atol=1e-10))
+    return ok, "spatial/temporal attention forward and backward (B2 T3 S7 H2 D16), frame_decode_attention"
+
+
 #: family name -> (ops it exercises, check returning (passed, description))
 CHECKS: dict[str, tuple[tuple[str, ...], Callable[[], tuple[bool, str]]]] = {
     "tokens": (("wmk::factorize_tokens", "wmk::unfactorize_tokens"), _tokens),
     "lfq": (("wmk::lfq_encode", "wmk::lfq_decode", "wmk::lfq_entropy_loss", "wmk::lfq_entropy_loss_backward"), _lfq),
     "fsq": (("wmk::fsq_quantize", "wmk::fsq_quantize_backward", "wmk::fsq_decode"), _fsq),
     "vq": (("wmk::vq_encode", "wmk::vq_decode"), _vq),
+    "attention": (("wmk::spatial_attention", "wmk::spatial_attention_backward", "wmk::temporal_attention",
+                   "wmk::temporal_attention_backward", "wmk::frame_decode_attention"), _attention),
 }
 
 

@@ -1,0 +1,163 @@
+// CPU kernels of spatial / temporal / frame-decode attention (schemas in csrc/registration.cpp).
+// The engine lives in flash_cpu.h / flash_backward_cpu.h; this file checks arguments, picks the dtype and
+// the instruction set (AVX2+FMA intrinsics for float where the CPU has them, portable loops otherwise and
+// for float64), and allocates outputs.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "attention/attention.h"
+#include "attention/cpu_microkernels.h"
+#include "attention/flash_backward_cpu.h"
+#include "attention/flash_cpu.h"
+
+namespace wmk::attention {
+namespace {
+
+using cpu::MutOperand;
+using cpu::Norm;
+using cpu::Operand;
+
+template <typename acc_t>
+Norm<acc_t> make_norm(const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
+                      int64_t d) {
+  Norm<acc_t> norm;
+  if (!weight.has_value()) return norm;
+  const auto acc_type = std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat;
+  norm.on = true;
+  norm.eps = static_cast<acc_t>(eps);
+  const at::Tensor w = weight->to(acc_type).contiguous();
+  norm.w.assign(w.data_ptr<acc_t>(), w.data_ptr<acc_t>() + d);
+  if (bias.has_value()) {
+    const at::Tensor b = bias->to(acc_type).contiguous();
+    norm.b.assign(b.data_ptr<acc_t>(), b.data_ptr<acc_t>() + d);
+  } else {
+    norm.b.assign(d, acc_t(0));
+  }
+  return norm;
+}
+
+// Calls f(Kernels) with the fastest kernel set usable for acc_t on this CPU.
+template <typename acc_t, typename F>
+void with_kernels(F&& f) {
+#if WMK_HAVE_AVX2_PATH
+  if constexpr (std::is_same_v<acc_t, float>) {
+    static const bool avx2 = cpu::Avx2Kernels::usable();
+    if (avx2) return f(cpu::Avx2Kernels{});
+  }
+#endif
+  f(cpu::PortableKernels<acc_t>{});
+}
+
+template <typename scalar_t>
+using acc_type_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+template <typename T>
+Operand<T> operand(const at::Tensor& t, Axis axis) {
+  return {t.data_ptr<T>(), roles_of(t, axis)};
+}
+template <typename T>
+MutOperand<T> mut_operand(at::Tensor& t, Axis axis) {
+  return {t.data_ptr<T>(), roles_of(t, axis)};
+}
+
+std::tuple<at::Tensor, at::Tensor> forward(const char* op, Axis axis, const at::Tensor& q, const at::Tensor& k,
+                                           const at::Tensor& v, bool causal, double scale,
+                                           const c10::optional<at::Tensor>& weight,
+                                           const c10::optional<at::Tensor>& bias, double eps) {
+  const Problem p = check_attention(op, axis, q, k, v, causal, scale, weight, bias, eps);
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  at::Tensor lse = lse_output(q);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "wmk_attention_cpu", [&] {
+    using acc_t = acc_type_t<scalar_t>;
+    const Norm<acc_t> norm = make_norm<acc_t>(weight, bias, eps, p.dim);
+    with_kernels<acc_t>([&](auto kern) {
+      cpu::flash_forward<scalar_t, acc_t, decltype(kern)>(
+          p, operand<scalar_t>(q, axis), operand<scalar_t>(k, axis), operand<scalar_t>(v, axis),
+          mut_operand<scalar_t>(out, axis), lse.data_ptr<acc_t>(), roles_of(lse, axis), norm,
+          [&](int64_t) { return p.lk; });
+    });
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
+    const char* op, Axis axis, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, bool causal, double scale,
+    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps) {
+  const Problem p = check_attention(op, axis, q, k, v, causal, scale, weight, bias, eps);
+  check_backward(op, q, grad_out, out, lse);
+  at::Tensor dq = at::empty(q.sizes(), q.options());
+  at::Tensor dk = at::empty(k.sizes(), k.options());
+  at::Tensor dv = at::empty(v.sizes(), v.options());
+  at::Tensor dw = at::empty({0}, q.options());
+  at::Tensor db = at::empty({0}, q.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "wmk_attention_cpu", [&] {
+    using acc_t = acc_type_t<scalar_t>;
+    const Norm<acc_t> norm = make_norm<acc_t>(weight, bias, eps, p.dim);
+    const auto acc_opts = q.options().dtype(std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat);
+    at::Tensor dnorm = at::zeros({norm.on ? at::get_num_threads() : 0, 2, p.dim}, acc_opts);
+    const at::Tensor lse_c = lse.contiguous();
+    with_kernels<acc_t>([&](auto kern) {
+      cpu::flash_backward<scalar_t, acc_t, decltype(kern)>(
+          p, operand<scalar_t>(q, axis), operand<scalar_t>(k, axis), operand<scalar_t>(v, axis),
+          operand<scalar_t>(out, axis), operand<scalar_t>(grad_out, axis), lse_c.data_ptr<acc_t>(),
+          roles_of(lse_c, axis), mut_operand<scalar_t>(dq, axis), mut_operand<scalar_t>(dk, axis),
+          mut_operand<scalar_t>(dv, axis), norm, dnorm.data_ptr<acc_t>());
+    });
+    if (norm.on) {
+      const at::Tensor total = dnorm.sum(0);  // thread slots summed in a fixed order
+      dw = total[0].to(weight->scalar_type(), /*non_blocking=*/false, /*copy=*/true);
+      db = total[1].to(bias.has_value() ? bias->scalar_type() : weight->scalar_type(), false, true);
+    }
+  });
+  return {dq, dk, dv, dw, db};
+}
+
+using Entry = EntryPoints<&forward, &backward>;
+
+// Frame decoding: temporal attention of one query frame over the first num_frames[b] cached frames.
+// On CPU the frame counts are read directly (no device to sync with), so out-of-range values raise.
+at::Tensor frame_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                      const at::Tensor& num_frames, double scale) {
+  check_frame_decode(q, k_cache, v_cache, num_frames, scale);
+  const int64_t t_max = k_cache.size(1);
+  const at::Tensor frames = num_frames.to(at::kLong).reshape({-1}).contiguous();
+  const int64_t* nf = frames.data_ptr<int64_t>();
+  for (int64_t i = 0; i < frames.numel(); ++i) {
+    TORCH_CHECK_VALUE(nf[i] >= 1 && nf[i] <= t_max, "frame_decode_attention: num_frames must lie in [1, T_max = ",
+                      t_max, "], got ", nf[i], frames.numel() > 1 ? " for batch " + std::to_string(i) : "");
+  }
+  const bool per_batch = frames.numel() > 1;
+  // q (B, S, H, D) seen as a one-frame (B, 1, S, H, D) video; the output likewise.
+  const at::Tensor q5 = q.unsqueeze(1);
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  at::Tensor out5 = out.unsqueeze(1);
+  const Problem p{q.size(0), q.size(1), q.size(2), 1, t_max, q.size(3), false, scale, false, 0.0};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "frame_decode_attention", [&] {
+    using acc_t = acc_type_t<scalar_t>;
+    const Norm<acc_t> norm;
+    with_kernels<acc_t>([&](auto kern) {
+      cpu::flash_forward<scalar_t, acc_t, decltype(kern)>(
+          p, operand<scalar_t>(q5, Axis::kTemporal), operand<scalar_t>(k_cache, Axis::kTemporal),
+          operand<scalar_t>(v_cache, Axis::kTemporal), mut_operand<scalar_t>(out5, Axis::kTemporal),
+          static_cast<acc_t*>(nullptr), Roles{0, 0, 0, 0, 0}, norm,
+          [&](int64_t b) { return nf[per_batch ? b : 0]; });
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(wmk, CPU, m) {
+  m.impl("spatial_attention", &Entry::spatial);
+  m.impl("spatial_attention_backward", &Entry::spatial_backward);
+  m.impl("temporal_attention", &Entry::temporal);
+  m.impl("temporal_attention_backward", &Entry::temporal_backward);
+  m.impl("frame_decode_attention", &frame_decode_attention_cpu);
+}
+
+}  // namespace wmk::attention

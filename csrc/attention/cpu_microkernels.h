@@ -1,0 +1,162 @@
+#pragma once
+// The inner loops of the CPU attention kernels, on packed fp32/fp64 tiles: a register-blocked matmul
+// and the exp/max of the softmax. Two versions: portable loops (any ISA, float64, any CPU) and AVX2+FMA
+// intrinsics for float, compiled through function target attributes so that the package itself stays
+// portable (no -march flag) and the AVX2 code runs only where the CPU has it (`Avx2Kernels::usable()`).
+//
+// Tile conventions: matrices are row-major with explicit leading dimensions; gemm's M is a multiple of 4
+// and N a multiple of 16 (callers zero-pad), K is arbitrary.
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define WMK_HAVE_AVX2_PATH 1
+#else
+#define WMK_HAVE_AVX2_PATH 0
+#endif
+
+namespace wmk::attention::cpu {
+
+template <typename T>
+struct PortableKernels {
+  static bool usable() { return true; }
+
+  // C[M x N] (+)= A[M x K] * B[K x N].
+  static void gemm(const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, int64_t m, int64_t n,
+                   int64_t k, bool accumulate) {
+    for (int64_t i = 0; i < m; ++i) {
+      T* crow = c + i * ldc;
+      if (!accumulate)
+        for (int64_t j = 0; j < n; ++j) crow[j] = 0;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const T av = a[i * lda + kk];
+        const T* brow = b + kk * ldb;
+        for (int64_t j = 0; j < n; ++j) crow[j] += av * brow[j];
+      }
+    }
+  }
+
+  static T max(const T* x, int64_t n) {
+    T m = -std::numeric_limits<T>::infinity();
+    for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
+    return m;
+  }
+
+  // x[j] <- exp(x[j] - shift) for j < n; returns their sum.
+  static T exp_shift(T* x, int64_t n, T shift) {
+    T sum = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      x[j] = std::exp(x[j] - shift);
+      sum += x[j];
+    }
+    return sum;
+  }
+};
+
+#if WMK_HAVE_AVX2_PATH
+#define WMK_AVX2 __attribute__((target("avx2,fma")))
+
+struct Avx2Kernels {
+  static bool usable() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }
+
+  // exp on 8 lanes for x <= 0 (softmax arguments are x - max): range reduction x = n ln2 + r, a degree-5
+  // polynomial for exp(r) (Cephes' coefficients), 2^n through the exponent bits. Relative error ~1e-7.
+  // Inputs are clamped at -87.3 so that 2^n stays a normal number; exp(-87.3) ~ 1e-38 is 0 for a softmax.
+  WMK_AVX2 static inline __m256 exp8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    const __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  }
+
+  WMK_AVX2 static void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t m,
+                            int64_t n, int64_t k, bool accumulate) {
+    // Column panels outside, so a 16-wide panel of B stays in L1 while every 4-row block of A passes.
+    for (int64_t j = 0; j < n; j += 16) {
+      for (int64_t i = 0; i < m; i += 4) {
+        float* c0 = c + i * ldc + j;
+        __m256 acc[4][2];
+        for (int r = 0; r < 4; ++r) {
+          acc[r][0] = accumulate ? _mm256_loadu_ps(c0 + r * ldc) : _mm256_setzero_ps();
+          acc[r][1] = accumulate ? _mm256_loadu_ps(c0 + r * ldc + 8) : _mm256_setzero_ps();
+        }
+        const float* a0 = a + i * lda;
+        const float* bp = b + j;
+        for (int64_t kk = 0; kk < k; ++kk) {
+          const __m256 b0 = _mm256_loadu_ps(bp + kk * ldb);
+          const __m256 b1 = _mm256_loadu_ps(bp + kk * ldb + 8);
+          for (int r = 0; r < 4; ++r) {
+            const __m256 av = _mm256_broadcast_ss(a0 + r * lda + kk);
+            acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+          }
+        }
+        for (int r = 0; r < 4; ++r) {
+          _mm256_storeu_ps(c0 + r * ldc, acc[r][0]);
+          _mm256_storeu_ps(c0 + r * ldc + 8, acc[r][1]);
+        }
+      }
+    }
+  }
+
+  WMK_AVX2 static float max(const float* x, int64_t n) {
+    // Four running maxima, so the loop is not bound by the latency of one dependency chain.
+    __m256 m8 = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), m8b = m8, m8c = m8, m8d = m8;
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+      m8 = _mm256_max_ps(m8, _mm256_loadu_ps(x + j));
+      m8b = _mm256_max_ps(m8b, _mm256_loadu_ps(x + j + 8));
+      m8c = _mm256_max_ps(m8c, _mm256_loadu_ps(x + j + 16));
+      m8d = _mm256_max_ps(m8d, _mm256_loadu_ps(x + j + 24));
+    }
+    m8 = _mm256_max_ps(_mm256_max_ps(m8, m8b), _mm256_max_ps(m8c, m8d));
+    for (; j + 8 <= n; j += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(x + j));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, m8);
+    float m = lanes[0];
+    for (int l = 1; l < 8; ++l) m = lanes[l] > m ? lanes[l] : m;
+    for (; j < n; ++j) m = x[j] > m ? x[j] : m;
+    return m;
+  }
+
+  WMK_AVX2 static float exp_shift(float* x, int64_t n, float shift) {
+    const __m256 s8 = _mm256_set1_ps(shift);
+    __m256 sum8 = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), s8));
+      _mm256_storeu_ps(x + j, e);
+      sum8 = _mm256_add_ps(sum8, e);
+    }
+    if (j < n) {  // the tail through a masked load/store, so every value goes through the same exp
+      alignas(32) int32_t idx[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+      const __m256i mask =
+          _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(n - j)), _mm256_load_si256((const __m256i*)idx));
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_maskload_ps(x + j, mask), s8));
+      const __m256 e_masked = _mm256_and_ps(e, _mm256_castsi256_ps(mask));
+      _mm256_maskstore_ps(x + j, mask, e_masked);
+      sum8 = _mm256_add_ps(sum8, e_masked);
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, sum8);
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  }
+};
+#undef WMK_AVX2
+#endif
+
+}  // namespace wmk::attention::cpu

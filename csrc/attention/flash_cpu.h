@@ -1,0 +1,216 @@
+#pragma once
+// The CPU flash-attention engine shared by spatial, temporal and frame-decode attention.
+//
+// Work is split over groups (b, x, h) (x = t for spatial, s for temporal; h fastest, so a thread's run of
+// groups reads neighbouring memory). A group is one sequence: its K and V are packed once into fp32 (fp64
+// for float64) tiles, K transposed, with the qk LayerNorm applied while packing; queries go in tiles of
+// kTileQ rows with the scale folded in. Scores are computed per key block of kTileK with an online softmax,
+// and only the log-sum-exp per query is stored for the backward, which recomputes the probabilities.
+// Short temporal sequences (T = 16) are one tile each, and a thread runs many of them back to back, so
+// packing and the tile loops are the whole cost: no per-sequence allocation or dispatch.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "attention/attention.h"
+#include "common/attention.h"
+
+namespace wmk::attention::cpu {
+
+constexpr int64_t kTileQ = 32;
+constexpr int64_t kTileK = 256;
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+template <typename scalar_t>
+struct Operand {
+  const scalar_t* ptr;
+  Roles st;
+  const scalar_t* group(int64_t b, int64_t x, int64_t h) const { return ptr + b * st.b + x * st.x + h * st.h; }
+};
+
+template <typename scalar_t>
+struct MutOperand {
+  scalar_t* ptr;
+  Roles st;
+  scalar_t* group(int64_t b, int64_t x, int64_t h) const { return ptr + b * st.b + x * st.x + h * st.h; }
+};
+
+// Converts one row of D values (stride sd) into acc_t, zero-padding to `padded`.
+template <typename scalar_t, typename acc_t>
+inline void load_row(const scalar_t* src, int64_t sd, int64_t d, int64_t padded, acc_t* dst) {
+  if (sd == 1) {
+    for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<acc_t>(src[i]);
+  } else {
+    for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<acc_t>(src[i * sd]);
+  }
+  for (int64_t i = d; i < padded; ++i) dst[i] = 0;
+}
+
+// Starts loading n rows of the next group into cache. The rows of one group lie far apart (a temporal
+// sequence's frames are S * H * D elements apart), so the hardware prefetcher cannot follow them and the
+// packing loops would otherwise wait on each miss in turn; a group of work ahead is enough to hide them.
+template <typename scalar_t>
+inline void prefetch_rows(const scalar_t* base, int64_t n, int64_t sl, int64_t sd, int64_t d) {
+  if (sd != 1) return;
+  const int64_t bytes = d * static_cast<int64_t>(sizeof(scalar_t));
+  for (int64_t i = 0; i < n; ++i) {
+    const char* row = reinterpret_cast<const char*>(base + i * sl);
+    for (int64_t o = 0; o < bytes; o += 64) {
+#if defined(__x86_64__) && defined(__GNUC__)
+      // Not __builtin_prefetch: C++'s forward-progress rule lets GCC delete a loop of nothing but prefetches.
+      asm volatile("prefetcht0 %0" : : "m"(row[o]));
+#else
+      __builtin_prefetch(row + o);
+#endif
+    }
+  }
+}
+
+// qk LayerNorm parameters converted to acc_t once per call.
+template <typename acc_t>
+struct Norm {
+  bool on = false;
+  std::vector<acc_t> w, b;
+  acc_t eps = 0;
+};
+
+// Per-thread scratch of one group: packed K (row-major and transposed) and V.
+template <typename acc_t>
+struct KeyPack {
+  int64_t lkp = 0, dv = 0;
+  std::vector<acc_t> kt, kr, vr, vt, khat, krstd;
+
+  void resize(int64_t lk, int64_t d, bool backward, bool norm) {
+    lkp = round_up(std::max<int64_t>(lk, 1), 16);
+    dv = round_up(d, 16);
+    kt.assign(d * lkp, 0);
+    vr.assign(lkp * dv, 0);
+    if (backward) {
+      kr.assign(lkp * dv, 0);
+      vt.assign(d * lkp, 0);
+      if (norm) {
+        khat.assign(lkp * d, 0);
+        krstd.assign(lkp, 0);
+      }
+    }
+  }
+};
+
+// Packs keys/values 0..lk-1 of one group; the caller sized `pack` for the call's largest lk.
+template <typename scalar_t, typename acc_t>
+void pack_keys(const scalar_t* k, const Roles& ks, const scalar_t* v, const Roles& vs, int64_t lk, int64_t d,
+               const Norm<acc_t>& norm, bool backward, KeyPack<acc_t>& pack, acc_t* row) {
+  const int64_t lkp = pack.lkp, dv = pack.dv;
+  for (int64_t j = 0; j < lk; ++j) {
+    load_row(k + j * ks.l, ks.d, d, dv, row);
+    if (norm.on) {
+      acc_t* xhat = backward ? pack.khat.data() + j * d : nullptr;
+      const acc_t rstd = layer_norm_row(row, d, norm.w.data(), norm.b.data(), norm.eps, xhat);
+      if (backward) pack.krstd[j] = rstd;
+    }
+    for (int64_t i = 0; i < d; ++i) pack.kt[i * lkp + j] = row[i];
+    if (backward) std::memcpy(pack.kr.data() + j * dv, row, sizeof(acc_t) * dv);
+    load_row(v + j * vs.l, vs.d, d, dv, pack.vr.data() + j * dv);
+    if (backward)
+      for (int64_t i = 0; i < d; ++i) pack.vt[i * lkp + j] = pack.vr[j * dv + i];
+  }
+  // Stale keys past lk (a shorter group after a longer one) must read as zeros in the padded tiles.
+  for (int64_t i = 0; i < d; ++i) {
+    std::fill(pack.kt.begin() + i * lkp + lk, pack.kt.begin() + (i + 1) * lkp, acc_t(0));
+    if (backward) std::fill(pack.vt.begin() + i * lkp + lk, pack.vt.begin() + (i + 1) * lkp, acc_t(0));
+  }
+  std::fill(pack.vr.begin() + lk * dv, pack.vr.end(), acc_t(0));
+  if (backward) std::fill(pack.kr.begin() + lk * dv, pack.kr.end(), acc_t(0));
+}
+
+// Packs query rows i0 .. i0+mq-1 as scale * LayerNorm(q) into tile (mq4 x dv, zero-padded).
+template <typename scalar_t, typename acc_t>
+void pack_queries(const scalar_t* q, const Roles& qs, int64_t i0, int64_t mq, int64_t d, int64_t dv, acc_t scale,
+                  const Norm<acc_t>& norm, acc_t* tile, acc_t* qhat, acc_t* qrstd) {
+  const int64_t mq4 = round_up(mq, 4);
+  for (int64_t r = 0; r < mq; ++r) {
+    acc_t* row = tile + r * dv;
+    load_row(q + (i0 + r) * qs.l, qs.d, d, dv, row);
+    if (norm.on) {
+      const acc_t rstd = layer_norm_row(row, d, norm.w.data(), norm.b.data(), norm.eps,
+                                        qhat != nullptr ? qhat + r * d : nullptr);
+      if (qrstd != nullptr) qrstd[r] = rstd;
+    }
+    for (int64_t i = 0; i < d; ++i) row[i] *= scale;
+  }
+  std::fill(tile + mq * dv, tile + mq4 * dv, acc_t(0));
+}
+
+// Forward of one call. lk_of(b) gives the number of keys of batch b (frame decode: per-batch num_frames).
+// lse may be null (inference). Output rows are written in scalar_t.
+template <typename scalar_t, typename acc_t, typename Kern, typename LkOf>
+void flash_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, Operand<scalar_t> v,
+                   MutOperand<scalar_t> out, acc_t* lse, Roles ls, const Norm<acc_t>& norm, LkOf lk_of) {
+  const int64_t groups = num_groups(p);
+  if (groups == 0 || p.lq == 0) return;
+  const int64_t d = p.dim, dv = round_up(d, 16), lq = p.lq;
+  const acc_t scale = static_cast<acc_t>(p.scale);
+  const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, lq * p.lk));
+  at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
+    KeyPack<acc_t> pack;
+    pack.resize(p.lk, d, false, norm.on);
+    std::vector<acc_t> row(dv), qt(kTileQ * dv), sc(kTileQ * kTileK), ob(kTileQ * dv), m(kTileQ), l(kTileQ);
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t h = g % p.heads, x = (g / p.heads) % p.other, b = g / (p.heads * p.other);
+      const int64_t lk = lk_of(b);
+      if (g + 1 < end) {
+        const int64_t hn = (g + 1) % p.heads, xn = ((g + 1) / p.heads) % p.other, bn = (g + 1) / (p.heads * p.other);
+        prefetch_rows(q.group(bn, xn, hn), lq, q.st.l, q.st.d, d);
+        prefetch_rows(k.group(bn, xn, hn), lk_of(bn), k.st.l, k.st.d, d);
+        prefetch_rows(v.group(bn, xn, hn), lk_of(bn), v.st.l, v.st.d, d);
+      }
+      pack_keys(k.group(b, x, h), k.st, v.group(b, x, h), v.st, lk, d, norm, false, pack, row.data());
+      for (int64_t i0 = 0; i0 < lq; i0 += kTileQ) {
+        const int64_t mq = std::min(kTileQ, lq - i0), mq4 = round_up(mq, 4);
+        pack_queries(q.group(b, x, h), q.st, i0, mq, d, dv, scale, norm, qt.data(), (acc_t*)nullptr,
+                     (acc_t*)nullptr);
+        std::fill(m.begin(), m.end(), -std::numeric_limits<acc_t>::infinity());
+        std::fill(l.begin(), l.end(), acc_t(0));
+        std::fill(ob.begin(), ob.begin() + mq4 * dv, acc_t(0));
+        const int64_t key_end = visible_keys(i0 + mq - 1, lq, lk, p.causal);
+        for (int64_t kb = 0; kb < key_end; kb += kTileK) {
+          const int64_t nk = std::min(kTileK, key_end - kb), nkp = round_up(nk, 16);
+          Kern::gemm(qt.data(), dv, pack.kt.data() + kb, pack.lkp, sc.data(), kTileK, mq4, nkp, d, false);
+          for (int64_t r = 0; r < mq4; ++r) {
+            acc_t* s = sc.data() + r * kTileK;
+            const int64_t nv = r < mq ? std::clamp<int64_t>(visible_keys(i0 + r, lq, lk, p.causal) - kb, 0, nk) : 0;
+            if (nv > 0) {
+              const acc_t m_new = std::max(m[r], Kern::max(s, nv));
+              const acc_t alpha = std::exp(m[r] - m_new);  // 0 on the first block (m = -inf)
+              if (alpha != acc_t(1) && l[r] != acc_t(0))  // nothing to rescale before the first visible key
+                for (int64_t i = 0; i < dv; ++i) ob[r * dv + i] *= alpha;
+              l[r] = l[r] * alpha + Kern::exp_shift(s, nv, m_new);
+              m[r] = m_new;
+            }
+            std::fill(s + nv, s + nkp, acc_t(0));
+          }
+          Kern::gemm(sc.data(), kTileK, pack.vr.data() + kb * dv, dv, ob.data(), dv, mq4, dv, nk, true);
+        }
+        scalar_t* og = out.group(b, x, h);
+        for (int64_t r = 0; r < mq; ++r) {
+          const acc_t inv = acc_t(1) / l[r];
+          scalar_t* orow = og + (i0 + r) * out.st.l;
+          if (out.st.d == 1) {  // the usual case (outputs are contiguous): a loop the compiler vectorizes
+            for (int64_t i = 0; i < d; ++i) orow[i] = static_cast<scalar_t>(ob[r * dv + i] * inv);
+          } else {
+            for (int64_t i = 0; i < d; ++i) orow[i * out.st.d] = static_cast<scalar_t>(ob[r * dv + i] * inv);
+          }
+          if (lse != nullptr) lse[b * ls.b + x * ls.x + (i0 + r) * ls.l + h * ls.h] = m[r] + std::log(l[r]);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace wmk::attention::cpu

@@ -1,0 +1,333 @@
+"""Factorized spatiotemporal attention on the video layout (B, T, S, H, D), without permutes or copies.
+
+    spatial_attention(q, k, v, scale=None, *, qk_norm_weight=None, qk_norm_bias=None, qk_norm_eps=1e-5, backend=None)
+        bidirectional attention over the S tokens of each frame, per (b, t, h).
+    temporal_attention(q, k, v, causal=True, scale=None, *, qk_norm_weight=None, qk_norm_bias=None,
+                       qk_norm_eps=1e-5, backend=None)
+        attention over the frames at each spatial position, per (b, s, h); k/v may hold Tk >= Tq frames, the
+        causal mask aligned to the end (query frame i sees key frames j <= i + Tk - Tq).
+    frame_decode_attention(q, k_cache, v_cache, num_frames, scale=None, *, backend=None)
+        one frame's queries against a KV cache of frames, the frame count read on the device (no host sync).
+
+Options, with their meaning:
+    scale           the softmax scale; None means head_dim ** -0.5.
+    qk_norm_weight  (D,): GENIE's `qk_norm`, ONE LayerNorm over the head dim applied to both q and k before the
+    qk_norm_bias    scores, inside the kernel; weight and bias get gradients. bias may be None (zero); bias
+    qk_norm_eps     without weight is an error. The scale multiplies the normalized q.
+    backend         "auto" | "cuda" | "triton" | "reference" (see wmkernels.ops._backend); None: $WMK_BACKEND.
+
+q, k, v may be any strided views, in particular the three views of one fused projection
+`qkv.view(B, T, S, 3, H, D).unbind(3)`. Outputs are contiguous (B, T, S, H, D) in the inputs' dtype, so
+`out.view(B, T, S, H * D)` is free. Computation is flash-style (online softmax in fp32 — fp64 for float64 —,
+the log-sum-exp saved, the backward recomputing the probabilities).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from wmkernels.ops import _backend
+from wmkernels.ops._checks import check_tensor
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+_warned: set[tuple[str, int]] = set()
+
+
+def _gpu_path(op: str, impl: str, device: torch.device, d: int) -> str:
+    """The GPU kernels (CUDA, Triton) take head dims that are multiples of 8 in [8, 256]. Another head dim falls
+    back to the reference, with a warning once per (op, head dim); the CPU kernel takes any head dim."""
+    gpu_kernel = impl == "triton" or (impl == "native" and device.type == "cuda")
+    if not gpu_kernel or (d % 8 == 0 and 8 <= d <= 256):
+        return impl
+    if (op, d) not in _warned:
+        _warned.add((op, d))
+        warnings.warn(
+            f"{op}: the GPU kernels take head dims that are multiples of 8 in [8, 256]; head dim {d} runs on the "
+            "pure-PyTorch reference instead (slower, same results)",
+            stacklevel=3,
+        )
+    return "reference"
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_qkv(op, q, k, v, temporal: bool, causal: bool):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(t, name)
+        if t.dim() != 5:
+            raise ValueError(f"{op}: {name} must be a 5-D (B, T, S, H, D) tensor, got shape {tuple(t.shape)}")
+    if q.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: q must be float32, float16, bfloat16 or float64, got {q.dtype}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but q has {q.dtype}; q, k and v must share a dtype")
+        if t.device != q.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but q is on {q.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"{op}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if not temporal and k.shape != q.shape:
+        raise ValueError(f"{op}: k and v must have q's shape (B, T, S, H, D) = {tuple(q.shape)}, got {tuple(k.shape)}")
+    if temporal:
+        if (k.shape[0], *k.shape[2:]) != (q.shape[0], *q.shape[2:]):
+            raise ValueError(
+                f"{op}: k and v must be (B, Tk, S, H, D) with q's B, S, H, D; q is {tuple(q.shape)}, k is {tuple(k.shape)}"
+            )
+        if causal and k.shape[1] < q.shape[1]:
+            raise ValueError(
+                f"{op}: causal attention needs at least as many key frames as query frames (the mask is aligned "
+                f"to the end), got Tk = {k.shape[1]} < Tq = {q.shape[1]}"
+            )
+    if q.shape[4] < 1:
+        raise ValueError(f"{op}: the head dim must be at least 1, got q of shape {tuple(q.shape)}")
+
+
+def _check_norm(op, q, weight, bias, eps):
+    if weight is None:
+        if bias is not None:
+            raise ValueError(f"{op}: qk_norm_bias was given without qk_norm_weight (the qk LayerNorm needs its weight)")
+        return
+    for name, t in (("qk_norm_weight", weight), ("qk_norm_bias", bias)):
+        if t is None:
+            continue
+        check_tensor(t, name)
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{op}: {name} must be a floating tensor, got {t.dtype}")
+        if tuple(t.shape) != (q.shape[4],):
+            raise ValueError(f"{op}: {name} must have shape (D,) = ({q.shape[4]},), got {tuple(t.shape)}")
+        if t.device != q.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but q is on {q.device}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not (0 <= eps < float("inf")):
+        raise ValueError(f"{op}: qk_norm_eps must be a finite float >= 0, got {eps!r}")
+
+
+def _scale(q: torch.Tensor, scale) -> float:
+    if scale is None:
+        return q.shape[-1] ** -0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    return float(scale)
+
+
+def _reference_norm(q, k, weight, bias, eps):
+    if weight is None:
+        return q, k
+    d = q.shape[-1]
+    return F.layer_norm(q, (d,), weight, bias, eps), F.layer_norm(k, (d,), weight, bias, eps)
+
+
+def spatial_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    *,
+    qk_norm_weight: torch.Tensor | None = None,
+    qk_norm_bias: torch.Tensor | None = None,
+    qk_norm_eps: float = 1e-5,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Bidirectional attention over S within each frame.
+
+    q, k, v: (B, T, S, H, D), any strides, one floating dtype. qk_norm_*: (D,) LayerNorm of q and k (see module).
+    Returns (B, T, S, H, D), contiguous: out[b, t, :, h] = softmax(scale * q[b,t,:,h] k[b,t,:,h]^T) v[b,t,:,h].
+    """
+    op = "spatial_attention"
+    _check_qkv(op, q, k, v, temporal=False, causal=False)
+    _check_norm(op, q, qk_norm_weight, qk_norm_bias, qk_norm_eps)
+    scale = _scale(q, scale)
+    impl = _gpu_path(op, _backend.select(backend, q.device, op), q.device, q.shape[-1])
+    if impl == "reference":
+        from wmkernels.reference import attention as reference
+
+        qn, kn = _reference_norm(q, k, qk_norm_weight, qk_norm_bias, qk_norm_eps)
+        return reference.spatial_attention(qn, kn, v, scale)
+    if impl == "triton":
+        from wmkernels.triton import attention as triton_attention
+
+        return triton_attention.attention(q, k, v, False, False, scale, qk_norm_weight, qk_norm_bias, qk_norm_eps)
+    return torch.ops.wmk.spatial_attention(q, k, v, scale, qk_norm_weight, qk_norm_bias, qk_norm_eps)[0]
+
+
+def temporal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = True,
+    scale: float | None = None,
+    *,
+    qk_norm_weight: torch.Tensor | None = None,
+    qk_norm_bias: torch.Tensor | None = None,
+    qk_norm_eps: float = 1e-5,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Attention over frames at each spatial position.
+
+    q: (B, Tq, S, H, D); k, v: (B, Tk, S, H, D), any strides; with `causal`, Tk >= Tq and query frame i sees
+    key frames j <= i + Tk - Tq. qk_norm_*: (D,) LayerNorm of q and k (see module). Returns (B, Tq, S, H, D).
+    """
+    op = "temporal_attention"
+    if not isinstance(causal, bool):
+        raise TypeError(f"{op}: causal must be a bool, got {type(causal).__name__}")
+    _check_qkv(op, q, k, v, temporal=True, causal=causal)
+    _check_norm(op, q, qk_norm_weight, qk_norm_bias, qk_norm_eps)
+    scale = _scale(q, scale)
+    impl = _gpu_path(op, _backend.select(backend, q.device, op), q.device, q.shape[-1])
+    if impl == "reference":
+        from wmkernels.reference import attention as reference
+
+        qn, kn = _reference_norm(q, k, qk_norm_weight, qk_norm_bias, qk_norm_eps)
+        return reference.temporal_attention(qn, kn, v, causal, scale)
+    if impl == "triton":
+        from wmkernels.triton import attention as triton_attention
+
+        return triton_attention.attention(q, k, v, True, causal, scale, qk_norm_weight, qk_norm_bias, qk_norm_eps)
+    return torch.ops.wmk.temporal_attention(q, k, v, causal, scale, qk_norm_weight, qk_norm_bias, qk_norm_eps)[0]
+
+
+def frame_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    num_frames: torch.Tensor,
+    scale: float | None = None,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Temporal attention of the current frame's queries over a frame KV cache (inference only, no autograd).
+
+    q: (B, S, H, D). k_cache, v_cache: (B, T_max, S, H, D), valid frames at 0 .. num_frames - 1 (the current
+    frame's K/V already written at num_frames - 1). num_frames: int32/int64 tensor () or (B,) on q's device,
+    read ON the device: no .item(), no host sync, so the call can be captured in a CUDA graph or compiled with
+    fullgraph=True. Returns (B, S, H, D): out[b, s, h] attends over k_cache[b, :num_frames[b], s, h].
+
+    Out-of-range num_frames (outside [1, T_max]): the CPU kernel raises ValueError (reading the value costs
+    nothing there); the CUDA and Triton kernels cannot raise without a sync, so they clamp it to [1, T_max].
+    """
+    op = "frame_decode_attention"
+    check_tensor(q, "q")
+    check_tensor(k_cache, "k_cache")
+    check_tensor(v_cache, "v_cache")
+    check_tensor(num_frames, "num_frames")
+    if q.dim() != 4:
+        raise ValueError(f"{op}: q must be a 4-D (B, S, H, D) tensor, got shape {tuple(q.shape)}")
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.dim() != 5:
+            raise ValueError(f"{op}: {name} must be a 5-D (B, T_max, S, H, D) tensor, got shape {tuple(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but q has {q.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but q is on {q.device}")
+    if q.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: q must be float32, float16, bfloat16 or float64, got {q.dtype}")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"{op}: k_cache and v_cache must have the same shape, got {tuple(k_cache.shape)} and "
+                         f"{tuple(v_cache.shape)}")
+    if (k_cache.shape[0], *k_cache.shape[2:]) != tuple(q.shape):
+        raise ValueError(f"{op}: the caches must be (B, T_max, S, H, D) with q's B, S, H, D; q is {tuple(q.shape)}, "
+                         f"k_cache is {tuple(k_cache.shape)}")
+    if k_cache.shape[1] < 1:
+        raise ValueError(f"{op}: the caches hold no frame (T_max = 0)")
+    if num_frames.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{op}: num_frames must be an int32 or int64 tensor, got {num_frames.dtype}")
+    if num_frames.dim() > 1 or (num_frames.dim() == 1 and num_frames.shape[0] != q.shape[0]):
+        raise ValueError(f"{op}: num_frames must have shape () or (B,) = ({q.shape[0]},), got {tuple(num_frames.shape)}")
+    if num_frames.device != q.device:
+        raise ValueError(f"{op}: num_frames is on {num_frames.device} but q is on {q.device} (keep it on the "
+                         "device: it is read there, without a sync)")
+    scale = _scale(q, scale)
+    impl = _gpu_path(op, _backend.select(backend, q.device, op), q.device, q.shape[-1])
+    if impl == "reference":
+        from wmkernels.reference import attention as reference
+
+        return reference.frame_decode_attention(q, k_cache, v_cache, num_frames, scale)
+    if impl == "triton":
+        from wmkernels.triton import attention as triton_attention
+
+        return triton_attention.frame_decode(q, k_cache, v_cache, num_frames, scale)
+    return torch.ops.wmk.frame_decode_attention(q, k_cache, v_cache, num_frames, scale)
+
+
+# --- fake kernels (shapes only) for torch.compile / export ------------------------------------------------------
+
+
+@torch.library.register_fake("wmk::spatial_attention")
+def _spatial_fake(q, k, v, scale, qk_norm_weight=None, qk_norm_bias=None, qk_norm_eps=1e-5):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:4], dtype=_lse_dtype(q.dtype))
+
+
+@torch.library.register_fake("wmk::temporal_attention")
+def _temporal_fake(q, k, v, causal, scale, qk_norm_weight=None, qk_norm_bias=None, qk_norm_eps=1e-5):
+    return q.new_empty(q.shape), q.new_empty(q.shape[:4], dtype=_lse_dtype(q.dtype))
+
+
+def _backward_fake(q, k, v, weight, bias):
+    if weight is None:
+        dw, db = q.new_empty((0,)), q.new_empty((0,))
+    else:
+        dw = weight.new_empty(weight.shape)
+        db = weight.new_empty(weight.shape, dtype=(bias if bias is not None else weight).dtype)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dw, db
+
+
+@torch.library.register_fake("wmk::spatial_attention_backward")
+def _spatial_backward_fake(grad_out, q, k, v, out, lse, scale, qk_norm_weight, qk_norm_bias, qk_norm_eps):
+    return _backward_fake(q, k, v, qk_norm_weight, qk_norm_bias)
+
+
+@torch.library.register_fake("wmk::temporal_attention_backward")
+def _temporal_backward_fake(grad_out, q, k, v, out, lse, causal, scale, qk_norm_weight, qk_norm_bias, qk_norm_eps):
+    return _backward_fake(q, k, v, qk_norm_weight, qk_norm_bias)
+
+
+@torch.library.register_fake("wmk::frame_decode_attention")
+def _frame_decode_fake(q, k_cache, v_cache, num_frames, scale):
+    return q.new_empty(q.shape)
+
+
+# --- autograd: the backward ops recompute attention from the saved log-sum-exp ---------------------------------
+
+
+def _setup(ctx, inputs, output, temporal: bool):
+    if temporal:
+        q, k, v, causal, scale, weight, bias, eps = inputs
+    else:
+        (q, k, v, scale, weight, bias, eps), causal = inputs, False
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, out, lse, weight, bias)
+    ctx.causal, ctx.scale, ctx.eps = causal, scale, eps
+
+
+def _norm_grads(ctx, dw, db):
+    weight, bias = ctx.saved_tensors[5], ctx.saved_tensors[6]
+    return (dw if weight is not None else None), (db if bias is not None else None)
+
+
+def _spatial_backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, weight, bias = ctx.saved_tensors
+    dq, dk, dv, dw, db = torch.ops.wmk.spatial_attention_backward(
+        grad_out, q, k, v, out, lse, ctx.scale, weight, bias, ctx.eps
+    )
+    return dq, dk, dv, None, *_norm_grads(ctx, dw, db), None
+
+
+def _temporal_backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse, weight, bias = ctx.saved_tensors
+    dq, dk, dv, dw, db = torch.ops.wmk.temporal_attention_backward(
+        grad_out, q, k, v, out, lse, ctx.causal, ctx.scale, weight, bias, ctx.eps
+    )
+    return dq, dk, dv, None, None, *_norm_grads(ctx, dw, db), None
+
+
+torch.library.register_autograd(
+    "wmk::spatial_attention", _spatial_backward, setup_context=lambda ctx, inputs, output: _setup(ctx, inputs, output, False)
+)
+torch.library.register_autograd(
+    "wmk::temporal_attention", _temporal_backward, setup_context=lambda ctx, inputs, output: _setup(ctx, inputs, output, True)
+)

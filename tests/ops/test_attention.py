@@ -1,0 +1,293 @@
+"""spatial_attention / temporal_attention / frame_decode_attention against the pure-PyTorch reference.
+
+Numerics rule (DESIGN.md): the kernel in dtype X may be at most 2x (gradients 3x) as far from the float64
+reference as the reference computed in dtype X is, plus a rounding allowance of 16 units of dtype X at the scale of the largest
+value compared in the case, so that results the reference gets exactly by cancellation (S = 1 gives dq = 0 and
+dk = 0: P = 1 and dP - rowsum(dO * O) cancels) do not fail on a few roundings of a zero.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import wmkernels
+from tests.helpers import backend_params
+from wmkernels.reference import attention as ref
+
+BACKENDS = backend_params()
+CPU_CPP = [p for p in BACKENDS if p.id == "cpu-cpp"]
+DTYPES = {"cpu-cpp": [torch.float32, torch.float16, torch.bfloat16], "cpu-triton": [torch.float32, torch.float16]}
+# (B, T, S, H, D). The C++ kernel takes the issue's odd shapes; the Triton interpreter small ones.
+SPATIAL = {
+    "cpu-cpp": [(2, 3, 1, 2, 16), (1, 2, 7, 3, 40), (2, 1, 257, 2, 32), (1, 1, 256, 1, 128), (1, 2, 7, 1, 64), (1, 1, 5, 2, 3)],
+    "cpu-triton": [(1, 2, 7, 2, 16), (1, 1, 5, 1, 40)],
+}
+TEMPORAL = {
+    "cpu-cpp": [(2, 1, 5, 2, 16), (1, 3, 7, 2, 40), (2, 16, 9, 2, 32), (1, 17, 3, 1, 128), (1, 16, 4, 1, 64), (1, 3, 2, 1, 5)],
+    "cpu-triton": [(2, 3, 2, 2, 16), (1, 17, 2, 1, 32)],
+}
+
+
+def _id(param):
+    return param.id if hasattr(param, "id") else str(param)
+
+
+def make_qkv(shape, dtype, layout, tk=None, seed=0, device="cpu"):
+    """q, k, v of `shape` as: fused views of one (B, T, S, 3, H, D) projection, contiguous, or transposed copies."""
+    g = torch.Generator().manual_seed(seed)
+    b, t, s, h, d = shape
+    tk = t if tk is None else tk
+    if layout == "fused" and tk == t:
+        qkv = torch.randn(b, t, s, 3 * h * d, generator=g).to(dtype).to(device)
+        return qkv.view(b, t, s, 3, h, d).unbind(3)
+    q = torch.randn(b, t, s, h, d, generator=g)
+    k, v = (torch.randn(b, tk, s, h, d, generator=g) for _ in range(2))
+    out = [x.to(dtype).to(device) for x in (q, k, v)]
+    if layout == "transposed":  # same values, (H, D)-transposed storage: the head dim is strided
+        out = [x.transpose(-1, -2).contiguous().transpose(-1, -2) for x in out]
+    return out
+
+
+def make_norm(d, dtype, seed=1, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    w = (1 + 0.3 * torch.randn(d, generator=g)).to(dtype).to(device)
+    b = (0.2 * torch.randn(d, generator=g)).to(dtype).to(device)
+    return w, b
+
+
+def ref_attention(axis, q, k, v, causal, w=None, b=None, eps=1e-5):
+    if w is not None:
+        q, k = F.layer_norm(q, q.shape[-1:], w, b, eps), F.layer_norm(k, k.shape[-1:], w, b, eps)
+    if axis == "spatial":
+        return ref.spatial_attention(q, k, v)
+    return ref.temporal_attention(q, k, v, causal)
+
+
+def run(axis, q, k, v, causal, backend, w=None, b=None):
+    kw = dict(qk_norm_weight=w, qk_norm_bias=b, backend=backend)
+    if axis == "spatial":
+        return wmkernels.spatial_attention(q, k, v, **kw)
+    return wmkernels.temporal_attention(q, k, v, causal, **kw)
+
+
+def assert_rule(out, ref64, ref_x, factor, what, magnitude=1.0):
+    err = (out.double() - ref64).abs().max().item()
+    ref_err = (ref_x.double() - ref64).abs().max().item()
+    rounding = 16 * torch.finfo(out.dtype).eps * max(magnitude, ref64.abs().max().item())
+    bound = factor * ref_err + rounding
+    assert err <= bound, f"{what}: max error {err:.3g} > {factor} x reference-in-{out.dtype} error {ref_err:.3g}"
+
+
+def cases():
+    for p in BACKENDS:
+        for axis, table in (("spatial", SPATIAL), ("temporal", TEMPORAL)):
+            for shape in table.get(p.id, table["cpu-triton"]):
+                yield pytest.param(*p.values, axis, shape, marks=p.marks, id=f"{p.id}-{axis}-{shape}")
+
+
+@pytest.mark.parametrize("device,backend,axis,shape", list(cases()))
+@pytest.mark.parametrize("layout", ["fused", "contiguous", "transposed"])
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["plain", "qk_norm"])
+def test_forward_and_backward_match_reference(device, backend, axis, shape, layout, qk_norm):
+    causal = axis == "temporal"
+    for dtype in DTYPES.get(f"{device}-{'cpp' if backend == 'auto' else backend}", [torch.float32, torch.float16]):
+        q, k, v = make_qkv(shape, dtype, layout, device=device)
+        w, b = make_norm(shape[-1], dtype, device=device) if qk_norm else (None, None)
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)] + (
+            [w.clone().requires_grad_(), b.clone().requires_grad_()] if qk_norm else []
+        )
+        originals = [t.clone() for t in (q, k, v)]
+        out = run(axis, *leaves[:3], causal, backend, *leaves[3:])
+        assert out.shape == q.shape and out.dtype == dtype and out.is_contiguous()
+        as64 = [t.detach().cpu().double().requires_grad_() for t in leaves]
+        ref64 = ref_attention(axis, *as64[:3], causal, *as64[3:])
+        asx = [t.detach().cpu().clone().requires_grad_() for t in leaves]
+        ref_x = ref_attention(axis, *asx[:3], causal, *asx[3:])
+        assert_rule(out.cpu(), ref64, ref_x, 2, f"{axis} forward {dtype}")
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+        out.backward(grad.to(device))
+        ref64.backward(grad.double())
+        ref_x.backward(grad)
+        magnitude = max(t.grad.abs().max().item() for t in as64)
+        for name, t, t64, tx in zip("qkvwb", leaves, as64, asx):
+            assert_rule(t.grad.cpu(), t64.grad, tx.grad, 3, f"{axis} d{name} {dtype}", magnitude)
+        for t, o in zip((q, k, v), originals):
+            assert torch.equal(t, o), "an input was modified"
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("tq,tk", [(1, 16), (3, 17), (16, 16), (5, 9)])
+def test_temporal_more_key_frames(device, backend, causal, tq, tk):
+    shape = (2, tq, 3, 2, 16)
+    q, _, _ = make_qkv(shape, torch.float32, "contiguous", device=device)
+    _, k, v = make_qkv(shape, torch.float32, "contiguous", tk=tk, seed=3, device=device)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = wmkernels.temporal_attention(*leaves, causal, backend=backend)
+    as64 = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
+    asx = [t.detach().cpu().clone().requires_grad_() for t in (q, k, v)]
+    ref64, ref_x = ref.temporal_attention(*as64, causal), ref.temporal_attention(*asx, causal)
+    assert_rule(out.cpu(), ref64, ref_x, 2, "forward")
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    out.backward(grad.to(device)), ref64.backward(grad.double()), ref_x.backward(grad)
+    for t, t64, tx in zip(leaves, as64, asx):
+        assert_rule(t.grad.cpu(), t64.grad, tx.grad, 3, "grad")
+
+
+@pytest.mark.parametrize("axis", ["spatial", "temporal"])
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["plain", "qk_norm"])
+def test_gradcheck_float64(axis, qk_norm):
+    q, k, v = (t.requires_grad_() for t in make_qkv((2, 3, 4, 2, 6), torch.float64, "contiguous"))
+    extra = [t.requires_grad_() for t in make_norm(6, torch.float64)] if qk_norm else []
+    fn = lambda q, k, v, *wb: run(axis, q, k, v, True, None, *wb)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, v, *extra))
+
+
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["plain", "qk_norm"])
+def test_opcheck(qk_norm):
+    q, k, v = make_qkv((2, 3, 5, 2, 8), torch.float32, "fused")
+    _, k2, v2 = make_qkv((2, 3, 5, 2, 8), torch.float32, "contiguous", tk=4)
+    w, b = make_norm(8, torch.float32) if qk_norm else (None, None)
+    q, k, v, k2, v2 = (t.clone().requires_grad_() for t in (q, k, v, k2, v2))
+    torch.library.opcheck(torch.ops.wmk.spatial_attention, (q, k, v, 0.3, w, b, 1e-5))
+    torch.library.opcheck(torch.ops.wmk.temporal_attention, (q, k2, v2, True, 0.3, w, b, 1e-5))
+    # The backward ops are not differentiable themselves: check them on plain tensors.
+    q, k, v, k2, v2 = (t.detach() for t in (q, k, v, k2, v2))
+    out, lse = torch.ops.wmk.spatial_attention(q, k, v, 0.3, w, b, 1e-5)
+    g = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.wmk.spatial_attention_backward, (g, q, k, v, out, lse, 0.3, w, b, 1e-5))
+    out, lse = torch.ops.wmk.temporal_attention(q, k2, v2, True, 0.3, w, b, 1e-5)
+    args = (g, q, k2, v2, out, lse, True, 0.3, w, b, 1e-5)
+    torch.library.opcheck(torch.ops.wmk.temporal_attention_backward, args)
+    kc, vc = (torch.randn(2, 6, 5, 2, 8) for _ in range(2))
+    torch.library.opcheck(torch.ops.wmk.frame_decode_attention, (q[:, 0], kc, vc, torch.tensor([2, 6]), 0.3))
+
+
+def test_compile_fullgraph_forward_and_backward():
+    b, t, s, h, d = 2, 4, 6, 2, 8
+    w, bias = (x.requires_grad_() for x in make_norm(d, torch.float32))
+
+    def block(qkv):
+        q, k, v = qkv.view(b, t, s, 3, h, d).unbind(3)
+        x = wmkernels.spatial_attention(q, k, v, qk_norm_weight=w, qk_norm_bias=bias)
+        y = wmkernels.temporal_attention(x, k, v, causal=True)
+        return y.reshape(b, t, s, h * d)
+
+    qkv = torch.randn(b, t, s, 3 * h * d, requires_grad=True)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    out = compiled(qkv)
+    expected = block(qkv)
+    torch.testing.assert_close(out, expected)
+    (gc,) = torch.autograd.grad(out.sum(), qkv)
+    (ge,) = torch.autograd.grad(expected.sum(), qkv)
+    torch.testing.assert_close(gc, ge)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("per_batch", [False, True])
+def test_frame_decode_matches_reference(device, backend, per_batch):
+    for dtype in DTYPES.get(f"{device}-{'cpp' if backend == 'auto' else backend}", [torch.float32]):
+        b, t_max, s, h, d = 3, 5, 4, 2, 16
+        g = torch.Generator().manual_seed(0)
+        q = torch.randn(b, s, h, d, generator=g)
+        kc, vc = (torch.randn(b, t_max, s, h, d, generator=g) for _ in range(2))
+        nf = torch.tensor([1, 5, 3]) if per_batch else torch.tensor(4)
+        out = wmkernels.frame_decode_attention(*(x.to(dtype).to(device) for x in (q, kc, vc)), nf.to(device),
+                                               backend=backend)
+        ref64 = ref.frame_decode_attention(q.double(), kc.double(), vc.double(), nf)
+        ref_x = ref.frame_decode_attention(*(x.to(dtype) for x in (q, kc, vc)), nf)
+        assert out.shape == q.shape and out.dtype == dtype
+        assert_rule(out.cpu(), ref64, ref_x, 2, f"frame decode {dtype}")
+
+
+def test_frame_decode_equals_last_row_of_temporal_attention():
+    q, k, v = make_qkv((2, 6, 5, 2, 16), torch.float32, "fused")
+    full = wmkernels.temporal_attention(q, k, v, causal=True)
+    kc = torch.zeros(2, 9, 5, 2, 16)
+    vc = torch.zeros(2, 9, 5, 2, 16)
+    kc[:, :6], vc[:, :6] = k, v
+    out = wmkernels.frame_decode_attention(q[:, 5], kc, vc, torch.tensor(6, dtype=torch.int32))
+    torch.testing.assert_close(out, full[:, 5])
+
+
+def test_frame_decode_compiles_fullgraph():
+    q, kc, vc = torch.randn(2, 4, 2, 8), torch.randn(2, 5, 4, 2, 8), torch.randn(2, 5, 4, 2, 8)
+    step = torch.compile(lambda q, n: wmkernels.frame_decode_attention(q, kc, vc, n), fullgraph=True)
+    for n in (1, 3, 5):  # the frame count is data: one graph serves every step
+        torch.testing.assert_close(step(q, torch.tensor(n)), ref.frame_decode_attention(q, kc, vc, torch.tensor(n)))
+
+
+@pytest.mark.parametrize("bad", [0, 6, -1])
+def test_frame_decode_out_of_range_raises_on_cpu(bad):
+    q, kc = torch.randn(2, 4, 2, 8), torch.randn(2, 5, 4, 2, 8)
+    with pytest.raises(ValueError, match=r"num_frames must lie in \[1, T_max = 5\]"):
+        wmkernels.frame_decode_attention(q, kc, kc, torch.tensor([3, bad]))
+
+
+def test_gpu_kernels_fall_back_on_odd_head_dims_with_one_warning():
+    q, k, v = make_qkv((1, 2, 5, 1, 12), torch.float32, "fused")
+    with pytest.warns(UserWarning, match="head dim 12 runs on the pure-PyTorch reference"):
+        out = wmkernels.spatial_attention(q, k, v, backend="triton")
+    torch.testing.assert_close(out, ref.spatial_attention(q, k, v))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call stays silent
+        wmkernels.spatial_attention(q, k, v, backend="triton")
+    # The C++ CPU kernel takes any head dim, without a warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(wmkernels.spatial_attention(q, k, v), out)
+
+
+def test_frame_decode_gpu_kernels_clamp_num_frames():
+    # Triton (the interpreter here) cannot raise on a device value without a sync: it clamps to [1, T_max].
+    q, kc, vc = torch.randn(2, 4, 2, 16), torch.randn(2, 5, 4, 2, 16), torch.randn(2, 5, 4, 2, 16)
+    out = wmkernels.frame_decode_attention(q, kc, vc, torch.tensor([0, 9]), backend="triton")
+    expected = ref.frame_decode_attention(q, kc, vc, torch.tensor([1, 5]))
+    torch.testing.assert_close(out, expected)
+
+
+def test_empty_inputs():
+    q = torch.randn(0, 3, 4, 2, 8)
+    assert wmkernels.spatial_attention(q, q, q).shape == q.shape
+    assert wmkernels.temporal_attention(q, q, q).shape == q.shape
+    q = torch.randn(2, 3, 0, 2, 8, requires_grad=True)
+    out = wmkernels.temporal_attention(q, q, q)
+    out.sum().backward()
+    assert q.grad.shape == q.shape
+
+
+def test_bad_inputs_raise_clearly():
+    q = torch.randn(2, 3, 4, 2, 8)
+    with pytest.raises(ValueError, match="must be a 5-D"):
+        wmkernels.spatial_attention(q[0], q, q)
+    with pytest.raises(ValueError, match="k and v must have q's shape"):
+        wmkernels.spatial_attention(q, q[:, :2], q[:, :2])
+    with pytest.raises(ValueError, match="k and v must have the same shape"):
+        wmkernels.temporal_attention(q, q, q[:, :2])
+    with pytest.raises(TypeError, match="k has dtype torch.float64 but q has torch.float32"):
+        wmkernels.spatial_attention(q, q.double(), q)
+    with pytest.raises(ValueError, match="v is on meta but q is on cpu"):
+        wmkernels.spatial_attention(q, q, q.to("meta"))
+    with pytest.raises(ValueError, match="Tk = 2 < Tq = 3"):
+        wmkernels.temporal_attention(q, q[:, :2], q[:, :2], causal=True)
+    with pytest.raises(ValueError, match=r"qk_norm_weight must have shape \(D,\) = \(8,\)"):
+        wmkernels.spatial_attention(q, q, q, qk_norm_weight=torch.ones(4))
+    with pytest.raises(ValueError, match="qk_norm_bias was given without qk_norm_weight"):
+        wmkernels.spatial_attention(q, q, q, qk_norm_bias=torch.ones(8))
+    with pytest.raises(TypeError, match="float32, float16, bfloat16 or float64"):
+        wmkernels.spatial_attention(*(q.long(),) * 3)
+    with pytest.raises(TypeError, match="q must be a torch.Tensor"):
+        wmkernels.spatial_attention(q.tolist(), q, q)
+    # The ops themselves check too (direct torch.ops calls skip the Python checks).
+    with pytest.raises(ValueError, match="k and v must have q's shape"):
+        torch.ops.wmk.spatial_attention(q, q[:, :2], q[:, :2], 0.5)
+    with pytest.raises(TypeError, match="k has dtype"):
+        torch.ops.wmk.temporal_attention(q, q.half(), q.half(), True, 0.5)
+    kc = torch.randn(2, 5, 4, 2, 8)
+    with pytest.raises(TypeError, match="num_frames must be an int32 or int64 tensor"):
+        wmkernels.frame_decode_attention(q[:, 0], kc, kc, torch.tensor(2.0))
+    with pytest.raises(ValueError, match=r"num_frames must have shape \(\) or \(B,\)"):
+        wmkernels.frame_decode_attention(q[:, 0], kc, kc, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="the caches must be"):
+        wmkernels.frame_decode_attention(q[:, 0], kc[:, :, :3], kc[:, :, :3], torch.tensor(2))
