@@ -22,25 +22,30 @@ class CheckpointError(ValueError):
     """A checkpoint whose tensors do not match its config (missing, unexpected or mis-shaped tensors)."""
 
 
-def _hint(name: str) -> str:
-    """The config field(s) a tensor's presence or shape depends on."""
+def _hint(name: str, shape_mismatch: bool) -> str:
+    """The config field(s) a tensor's presence (or, with shape_mismatch, its shape) depends on."""
     if name == "pos_embed_TSC":
         return "T, S, d_model"
-    if name.startswith("token_embed.factored_embeds"):
+    if name.startswith("token_embed"):
         return "num_factored_vocabs, factored_vocab_size (image_vocab_size), d_model"
     if name.startswith("out_x_proj"):
         return "image_vocab_size, num_factored_vocabs, d_model"
+    if shape_mismatch:
+        if re.search(r"attn\.norm\.", name):
+            return "d_model, num_heads"
+        return "mlp_ratio, d_model" if "mlp" in name else "d_model"
     if re.search(r"attn\.norm\.", name) or re.search(r"\.norm[12]\.", name):
-        return "qk_norm, num_heads, d_model"
-    if name.endswith("qkv.bias"):
-        return "qkv_bias"
-    if name.endswith("proj.bias"):
-        return "proj_bias"
-    if re.search(r"mlp\.fc[12]\.bias", name):
-        return "mlp_bias"
-    if "mlp" in name:
-        return "mlp_ratio, d_model"
-    return "d_model, num_heads"
+        return "qk_norm"
+    for suffix, field in (("qkv.bias", "qkv_bias"), ("proj.bias", "proj_bias"), ("fc1.bias", "mlp_bias"),
+                          ("fc2.bias", "mlp_bias")):
+        if name.endswith(suffix):
+            return field
+    return "num_layers"
+
+
+def _order(name: str):
+    # Model-level tensors first: their shapes tell the most about a config mismatch.
+    return (name.startswith("decoder."), name)
 
 
 def read_state_dict(directory: Path, map_location="cpu") -> dict:
@@ -67,17 +72,17 @@ def check_state_dict(model: torch.nn.Module, state: dict, source: str = "checkpo
     """Raise CheckpointError naming every missing, unexpected or mis-shaped tensor of `state` for `model`."""
     expected = model.state_dict()
     problems = []
-    for name in sorted(set(expected) - set(state)):
+    for name in sorted(set(expected) - set(state), key=_order):
         problems.append(f"missing tensor {name!r} (expected shape {tuple(expected[name].shape)}; "
-                        f"check config {_hint(name)})")
-    for name in sorted(set(state) - set(expected)):
+                        f"check config {_hint(name, False)})")
+    for name in sorted(set(state) - set(expected), key=_order):
         problems.append(f"unexpected tensor {name!r} of shape {tuple(state[name].shape)} "
-                        f"(check config {_hint(name)}, num_layers)")
-    for name in sorted(set(state) & set(expected)):
+                        f"(check config {_hint(name, False)})")
+    for name in sorted(set(state) & set(expected), key=_order):
         got, want = tuple(state[name].shape), tuple(expected[name].shape)
         if got != want:
             problems.append(f"tensor {name!r} has shape {got}, but the config gives {want} "
-                            f"(check config {_hint(name)})")
+                            f"(check config {_hint(name, True)})")
     if problems:
         shown = problems[:12] + ([f"... and {len(problems) - 12} more"] if len(problems) > 12 else [])
         raise CheckpointError(f"{source} does not match its config:\n  " + "\n  ".join(shown))
