@@ -52,6 +52,8 @@ def count_calls(model: STMaskGIT, log: list) -> None:
 
 
 def run(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = STMaskGITConfig(num_layers=args.layers, num_heads=args.heads, d_model=args.d_model, T=args.T, S=args.S,
                           image_vocab_size=args.vocab, num_factored_vocabs=2)
@@ -71,7 +73,7 @@ def run(args) -> None:
     for name in args.samplers.split(","):
         times, log = [], []
         count_calls(model, log)
-        for rep in range(args.reps):
+        for rep in range(args.reps if name != "cached" else max(args.reps, args.cached_reps)):
             log.clear()
             t0 = time.perf_counter()
             tokens = samplers[name](torch.Generator().manual_seed(2))
@@ -81,7 +83,7 @@ def run(args) -> None:
         flops = sum(forward_flops(cfg, f, k, lg) for f, k, lg in log)
         frame_forwards = sum(f for f, _, _ in log)
         results[name] = (statistics.median(times), flops, frame_forwards, tokens)
-        print(f"  {name}: median {statistics.median(times):.2f} s over {args.reps} run(s)", flush=True)
+        print(f"  {name}: median {statistics.median(times):.2f} s over {len(times)} run(s)", flush=True)
 
     cache = FrameKVCache.for_model(model, args.batch)
     print(f"\nshape: {cfg.num_layers} layers, d_model {cfg.d_model}, {cfg.num_heads} heads, T={cfg.T}, S={cfg.S}; "
@@ -112,7 +114,9 @@ def main():
     p.add_argument("--new-frames", type=int, default=8)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--reps", type=int, default=1, help="runs of each sampler (median reported)")
+    p.add_argument("--cached-reps", type=int, default=3, help="runs of the (fast) cached sampler")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--samplers", default="cached,genie,truncated")
     run(p.parse_args())
 
