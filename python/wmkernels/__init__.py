@@ -9,6 +9,10 @@ Public API:
     BACKENDS, BackendUnavailableError      backend choice: backend=... per call, or $WMK_BACKEND
     lfq_encode, lfq_decode, lfq_entropy_loss   lookup-free quantization (wmkernels.nn.LookupFreeQuantizer)
     fsq_quantize, fsq_decode               finite scalar quantization (wmkernels.nn.FiniteScalarQuantizer)
+    STMaskGIT, STMaskGITConfig             the GENIE-style world model (from_pretrained / from_config)
+    FrameKVCache                           per-layer temporal K/V cache of the frame sampler
+    maskgit_generate, GenerationResult     KV-cached MaskGIT frame sampling (use_cache=False: GENIE's sampler)
+    autoregressive_generate                token-by-token sampling with a static KV cache
 """
 from importlib import metadata as _metadata
 
@@ -17,6 +21,10 @@ from wmkernels.ops import BACKENDS, BackendUnavailableError, factorize_tokens, u
 from wmkernels.ops import frame_decode_attention, spatial_attention, temporal_attention
 from wmkernels.ops import fsq_decode, fsq_quantize, lfq_decode, lfq_encode, lfq_entropy_loss
 from wmkernels.ops import vq_decode, vq_encode
+# Frame sampling (the sampling family)
+from wmkernels.models import STMaskGIT, STMaskGITConfig
+from wmkernels.nn.kv_cache import FrameKVCache
+from wmkernels.sampling import GenerationResult, autoregressive_generate, maskgit_generate
 
 try:
     __version__ = _metadata.version("wmkernels")
@@ -26,7 +34,12 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from an uni
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
+    "FrameKVCache",
+    "GenerationResult",
+    "STMaskGIT",
+    "STMaskGITConfig",
     "__version__",
+    "autoregressive_generate",
     "factorize_tokens",
     "frame_decode_attention",
     "fsq_decode",
@@ -34,6 +47,7 @@ __all__ = [
     "lfq_decode",
     "lfq_encode",
     "lfq_entropy_loss",
+    "maskgit_generate",
     "show_config",
     "spatial_attention",
     "temporal_attention",

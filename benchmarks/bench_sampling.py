@@ -1,0 +1,136 @@
+"""KV-cached MaskGIT sampling vs GENIE's uncached sampler and the truncated uncached one.
+
+GENIE-35M shape by default (32 layers, d_model 256, 8 heads, T = 16, S = 256, 2 x 512 factored vocabulary), random
+weights, fp32, batch 1, 8 prompt + 8 new frames. Prints frames/s of each sampler, the speed-up of the cached one,
+whether the tokens are identical, the matmul FLOP ratio (from the forwards each sampler actually ran) and the
+cache's memory. Every number in a table comes from one run of this script (the baseline is measured in the same
+run). Example:
+
+    .venv/bin/python benchmarks/bench_sampling.py --steps 2
+    .venv/bin/python benchmarks/bench_sampling.py --steps 4 --samplers cached,truncated
+    .venv/bin/python benchmarks/bench_sampling.py --new-frames 24 --samplers cached   # a 32-frame rollout
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from wmkernels.models import STMaskGIT, STMaskGITConfig
+from wmkernels.nn import FrameKVCache
+from wmkernels.reference.maskgit import genie_maskgit_generate
+from wmkernels.sampling import maskgit_generate
+
+
+def forward_flops(cfg: STMaskGITConfig, frames: int, keys: int, logits: bool) -> float:
+    """Matmul FLOPs of a forward over `frames` frames whose temporal attention sees `keys` frames per query."""
+    d, s = cfg.d_model, cfg.S
+    hidden = int(d * cfg.mlp_ratio)
+    per_token = 2 * d * 3 * d * 2 + 2 * d * d * 2 + 2 * 2 * d * hidden  # qkv x2, proj x2, mlp
+    per_token += 4 * s * d + 4 * keys * d  # spatial and temporal attention (QK^T and PV)
+    flops = cfg.num_layers * per_token * frames * s
+    if logits:
+        flops += 2 * d * cfg.num_logits * frames * s
+    return float(flops)
+
+
+def count_calls(model: STMaskGIT, log: list) -> None:
+    """Record every forward the samplers run (name, frames, temporal keys, logits?) by wrapping the model's methods."""
+    def wrap(name, fn, describe):
+        def inner(*args):
+            log.append(describe(*args))
+            return fn(*args)
+        setattr(model, name, inner)
+
+    wrap("compute_logits", model.compute_logits, lambda tok: (tok.shape[1], tok.shape[1], True))
+    wrap("prefill", model.prefill, lambda tok, cache: (tok.shape[1], tok.shape[1], False))
+    # decode / commit see the cached frames plus themselves; the reference decode attends over all T_max slots.
+    wrap("decode_logits", model.decode_logits, lambda frame, cache: (1, cache.max_frames, True))
+    wrap("commit_frame", model.commit_frame, lambda frame, cache: (1, cache.max_frames, False))
+
+
+def run(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = STMaskGITConfig(num_layers=args.layers, num_heads=args.heads, d_model=args.d_model, T=args.T, S=args.S,
+                          image_vocab_size=args.vocab, num_factored_vocabs=2)
+    model = STMaskGIT.from_config(cfg, generator=torch.Generator().manual_seed(0)).eval()
+    h = cfg.H
+    prompt = torch.randint(0, cfg.image_vocab_size, (args.batch, args.prompt_frames, h, h),
+                           generator=torch.Generator().manual_seed(1))
+    samplers = {
+        "cached": lambda g: maskgit_generate(model, prompt, args.new_frames, args.steps, args.temperature,
+                                             generator=g, progress=False, window_stride=args.window_stride).tokens,
+        "genie": lambda g: genie_maskgit_generate(model, prompt, args.new_frames, args.steps, args.temperature,
+                                                  "random", g, args.window_stride)[0],
+        "truncated": lambda g: genie_maskgit_generate(model, prompt, args.new_frames, args.steps, args.temperature,
+                                                      "random", g, args.window_stride, truncated=True)[0],
+    }
+    results, all_times = {}, {}
+    # A sampler named twice (e.g. "cached,genie,truncated,cached") runs before and after the slow ones, so that
+    # load drift on a shared machine hits both sides; its median is over all its runs.
+    for name in args.samplers.split(","):
+        times, log = all_times.setdefault(name, []), []
+        count_calls(model, log)
+        for rep in range(args.reps if name != "cached" else max(args.reps, args.cached_reps)):
+            log.clear()  # FLOPs of one run
+            t0 = time.perf_counter()
+            tokens = samplers[name](torch.Generator().manual_seed(2))
+            times.append(time.perf_counter() - t0)
+        for attr in ("compute_logits", "prefill", "decode_logits", "commit_frame"):
+            delattr(model, attr)
+        flops = sum(forward_flops(cfg, f, k, lg) for f, k, lg in log)
+        frame_forwards = sum(f for f, _, _ in log)
+        if name in results and not torch.equal(results[name][3], tokens):
+            raise RuntimeError(f"{name} gave different tokens in two runs")
+        results[name] = (statistics.median(times), flops, frame_forwards, tokens)
+        print(f"  {name}: median {statistics.median(times):.2f} s over {len(times)} run(s)", flush=True)
+
+    cache = FrameKVCache.for_model(model, args.batch)
+    print(f"\nshape: {cfg.num_layers} layers, d_model {cfg.d_model}, {cfg.num_heads} heads, T={cfg.T}, S={cfg.S}; "
+          f"batch {args.batch}, {args.prompt_frames} prompt + {args.new_frames} new frames, {args.steps} MaskGIT "
+          f"steps, window stride {args.window_stride}, temperature {args.temperature}; fp32, {torch.get_num_threads()} threads")
+    print(f"FrameKVCache memory: {cache.nbytes / 2**20:.1f} MiB (K and V, {cfg.num_layers} x {tuple(cache.k.shape[1:])})")
+    base = results.get("cached")
+    print(f"\n{'sampler':<10} {'s':>9} {'frames/s':>9} {'frame-fwds':>10} {'GFLOP':>9} {'cached speed-up':>16} "
+          f"{'FLOP ratio':>11} {'same tokens':>12}")
+    for name, (sec, flops, fwd, tokens) in results.items():
+        fps = args.batch * args.new_frames / sec
+        speed = f"{sec / base[0]:.2f}x" if base else "-"
+        ratio = f"{flops / base[1]:.2f}x" if base else "-"
+        same = str(torch.equal(tokens, base[3])) if base else "-"
+        print(f"{name:<10} {sec:>9.2f} {fps:>9.3f} {fwd:>10} {flops / 1e9:>9.1f} {speed:>16} {ratio:>11} {same:>12}")
+    if "genie" not in results and base:
+        # Not run (too slow here): GENIE runs the whole T-frame window at every step of every frame.
+        flops = args.new_frames * args.steps * forward_flops(cfg, cfg.T, cfg.T, True)
+        fwd = args.new_frames * args.steps * cfg.T
+        print(f"{'genie':<10} {'not run':>9} {'-':>9} {fwd:>10} {flops / 1e9:>9.1f} {'-':>16} "
+              f"{flops / base[1]:>10.2f}x {'-':>12}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--T", type=int, default=16)
+    p.add_argument("--S", type=int, default=256)
+    p.add_argument("--vocab", type=int, default=2**18)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--prompt-frames", type=int, default=8)
+    p.add_argument("--new-frames", type=int, default=8)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--reps", type=int, default=1, help="runs of each sampler (median reported)")
+    p.add_argument("--cached-reps", type=int, default=3, help="runs of the (fast) cached sampler")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--samplers", default="cached,genie,truncated,cached")
+    p.add_argument("--window-stride", type=int, default=1, help="frames dropped when the window is full")
+    run(p.parse_args())
+
+
+if __name__ == "__main__":
+    main()

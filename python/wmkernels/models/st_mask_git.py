@@ -1,0 +1,161 @@
+"""STMaskGIT: the GENIE-style world model (1X World Model Challenge baseline) built from wmkernels layers.
+
+Parameter names are those of the public GENIE checkpoints, so their state dicts load without renaming:
+`token_embed.{factored_embeds.{j}.weight, mask_token_embed}`, `pos_embed_TSC` (1, T, S, d_model),
+`decoder.layers.{i}.{norm1, spatial_attn.{qkv,proj,norm}, temporal_attn.{qkv,proj,norm}, norm2, mlp.{fc1,fc2}}`,
+`out_x_proj.{weight,bias}`.
+
+Besides the full forward (`compute_logits`), the model has the three pieces of the KV-cached frame sampler:
+`prefill` (frames 0 .. T0-1 into a FrameKVCache), `decode_logits` (one frame against the cache) and `commit_frame`
+(store a finished frame's K/V). None of them synchronises with the host.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wmkernels.models.config import STMaskGITConfig
+from wmkernels.models.embedding import FactorizedEmbedding
+from wmkernels.nn.kv_cache import FrameKVCache
+from wmkernels.nn.st_block import STTransformer
+
+# muP readout: GENIE divides the readout input by width_mult = d_model / 256 (its hard-coded base width).
+_MUP_BASE_WIDTH = 256
+
+
+class STMaskGIT(nn.Module):
+    """GENIE's spatiotemporal MaskGIT. tokens (B, T, H, W) -> logits (B, F*V, T, H, W); see `compute_logits`."""
+
+    def __init__(self, config: STMaskGITConfig, backend: str | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.h = self.w = config.H
+        self.mask_token_id = config.mask_token_id
+        self.decoder = STTransformer(
+            config.num_layers, config.d_model, config.num_heads, qkv_bias=config.qkv_bias,
+            proj_bias=config.proj_bias, qk_norm=config.qk_norm, use_mup=config.use_mup, mlp_ratio=config.mlp_ratio,
+            mlp_bias=config.mlp_bias, backend=backend,
+        )
+        self.pos_embed_TSC = nn.Parameter(torch.zeros(1, config.T, config.S, config.d_model))
+        self.token_embed = FactorizedEmbedding(config.factored_vocab_size, config.num_factored_vocabs,
+                                               config.d_model, config.mask_token_id)
+        self.out_x_proj = nn.Linear(config.d_model, config.num_logits)
+        self.readout_width_mult = config.d_model / _MUP_BASE_WIDTH if config.use_mup else None
+
+    # ---- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: STMaskGITConfig | dict, backend: str | None = None,
+                    generator: torch.Generator | None = None) -> "STMaskGIT":
+        """A randomly initialised model (GENIE's init: N(0, 0.02) weights and embeddings, zero biases).
+
+        Unlike GENIE, `pos_embed_TSC` and `mask_token_embed` are random too, so that a random model tells
+        positions and masked tokens apart.
+        """
+        if isinstance(config, dict):
+            config = STMaskGITConfig.from_dict(config)
+        model = cls(config, backend=backend)
+        model.init_weights(generator)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, directory, backend: str | None = None, map_location="cpu") -> "STMaskGIT":
+        """Load a GENIE checkpoint directory: config.json plus model.safetensors (or a torch file).
+
+        See `wmkernels.models.checkpoint.load_pretrained` for the accepted files and the errors raised.
+        """
+        from wmkernels.models.checkpoint import load_pretrained
+
+        return load_pretrained(cls, directory, backend=backend, map_location=map_location)
+
+    def save_pretrained(self, directory, safe_serialization: bool = True) -> None:
+        """Write config.json and model.safetensors (or pytorch_model.bin) in GENIE's format."""
+        from wmkernels.models.checkpoint import save_pretrained
+
+        save_pretrained(self, directory, safe_serialization=safe_serialization)
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None, std: float = 0.02) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std, generator=generator)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
+        self.pos_embed_TSC.normal_(0.0, std, generator=generator)
+        self.token_embed.mask_token_embed.normal_(0.0, std, generator=generator)
+
+    # ---- full forward --------------------------------------------------------------------------------------------
+    def check_tokens(self, tokens: torch.Tensor, name: str = "tokens", allow_mask: bool = True) -> torch.Tensor:
+        """Validate (B, T, H, W) tokens: int dtype, frame size, T <= config.T, values in the vocabulary."""
+        cfg = self.config
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tokens).__name__}")
+        if tokens.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name} must be an int32 or int64 tensor, got {tokens.dtype}")
+        if tokens.dim() != 4 or tuple(tokens.shape[2:]) != (cfg.H, cfg.W):
+            raise ValueError(f"{name} must have shape (B, T, {cfg.H}, {cfg.W}) (frames of S={cfg.S} tokens), "
+                             f"got {tuple(tokens.shape)}")
+        if tokens.shape[1] > cfg.T:
+            raise ValueError(f"{name} has {tokens.shape[1]} frames, more than the model's T={cfg.T}")
+        if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise ValueError(f"{name} must have at least one batch element and one frame, got {tuple(tokens.shape)}")
+        top = cfg.mask_token_id if allow_mask else cfg.image_vocab_size - 1
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi > top:
+            bad = lo if lo < 0 else hi
+            what = "image tokens or the mask token" if allow_mask else "image tokens"
+            raise ValueError(f"{name} holds {bad}, outside [0, {top}] ({what}; image_vocab_size="
+                             f"{cfg.image_vocab_size})")
+        return tokens
+
+    def _embed(self, tokens_bts: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.token_embed(tokens_bts.long()) + pos
+
+    def _readout(self, x: torch.Tensor) -> torch.Tensor:
+        if self.readout_width_mult is not None:
+            x = x / self.readout_width_mult
+        return self.out_x_proj(x)
+
+    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T', H, W) with T' <= T (mask token allowed) -> logits (B, T', S, F*V), frames at 0 .. T'-1."""
+        b, t = tokens.shape[:2]
+        x = self._embed(tokens.reshape(b, t, -1), self.pos_embed_TSC[:, :t])
+        return self._readout(self.decoder(x))
+
+    def compute_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T', H, W), T' <= config.T -> logits (B, F*V, T', H, W), GENIE's layout.
+
+        Channel j*V + i is the logit of digit j (least significant first) taking value i.
+        """
+        self.check_tokens(tokens)
+        logits = self.forward_tokens(tokens)
+        return logits.permute(0, 3, 1, 2).unflatten(-1, (self.h, self.w))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.compute_logits(tokens)
+
+    # ---- cached frame-by-frame path --------------------------------------------------------------------------
+    def new_cache(self, batch_size: int) -> FrameKVCache:
+        return FrameKVCache.for_model(self, batch_size)
+
+    def prefill(self, tokens: torch.Tensor, cache: FrameKVCache) -> None:
+        """Store the K/V of frames tokens (B, T0, S) (no mask tokens) at cache frames 0 .. T0-1; num_frames = T0."""
+        t0 = tokens.shape[1]
+        x = self._embed(tokens, self.pos_embed_TSC[:, :t0])
+        self.decoder.forward_prefill(x, cache, need_output=False)
+        cache.num_frames.fill_(t0)
+
+    def decode_logits(self, frame: torch.Tensor, cache: FrameKVCache) -> torch.Tensor:
+        """Logits (B, S, F*V) of frame (B, S) (mask tokens allowed) at position cache.num_frames.
+
+        Its K/V go into the cache's working slot; num_frames is left unchanged.
+        """
+        position = cache.position()
+        x = self._embed(frame.unsqueeze(1), self.pos_embed_TSC.index_select(1, position))
+        return self._readout(self.decoder.forward_decode(x, cache, position)).squeeze(1)
+
+    def commit_frame(self, frame: torch.Tensor, cache: FrameKVCache) -> None:
+        """Store the K/V of the finished frame (B, S) at position cache.num_frames and count it."""
+        position = cache.position()
+        x = self._embed(frame.unsqueeze(1), self.pos_embed_TSC.index_select(1, position))
+        self.decoder.forward_decode(x, cache, position, need_output=False)
+        cache.num_frames.add_(1)

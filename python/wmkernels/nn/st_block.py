@@ -1,0 +1,112 @@
+"""GENIE's spatiotemporal block and the stack of them, on the (B, T, S, C) layout.
+
+Block order (as in 1X GENIE): x += spatial_attn(norm1(x)); x += temporal_attn(x) (no pre-norm);
+x += mlp(norm2(x)). With `qk_norm` the pre-norms norm1 and norm2 are Identity (the attention normalises q and k
+instead); without it they are LayerNorm(d_model, eps=1e-5). The MLP is fc1 -> exact GELU -> fc2.
+
+Besides the plain forward, each block has the two cached paths of the frame sampler: `forward_prefill` (frames
+0 .. T0-1, storing every layer's temporal K/V) and `forward_decode` (one frame against those K/V). With
+`kv_only=True` they stop once the temporal K/V are stored: the last layer of a prefill or of a frame's commit needs
+nothing more.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from wmkernels.nn.attention import SelfAttention
+
+
+class Mlp(nn.Module):
+    """fc1 (d_model -> int(d_model * mlp_ratio)) -> GELU (erf) -> fc2. x: (..., C) -> (..., C)."""
+
+    def __init__(self, d_model: int, mlp_ratio: float = 4.0, mlp_bias: bool = True) -> None:
+        super().__init__()
+        hidden = int(d_model * mlp_ratio)
+        self.fc1 = nn.Linear(d_model, hidden, bias=mlp_bias)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, d_model, bias=mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class STBlock(nn.Module):
+    """One GENIE ST block; parameter names norm1, spatial_attn, temporal_attn, norm2, mlp.{fc1,fc2}.
+
+    x: (B, T, S, C) -> (B, T, S, C). See the module docstring for the order of operations.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        qkv_bias: bool = False,
+        proj_bias: bool = True,
+        qk_norm: bool = True,
+        use_mup: bool = False,
+        mlp_ratio: float = 4.0,
+        mlp_bias: bool = True,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        attn = dict(d_model=d_model, num_heads=num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, qk_norm=qk_norm,
+                    use_mup=use_mup, backend=backend)
+        self.norm1 = nn.Identity() if qk_norm else nn.LayerNorm(d_model, eps=1e-5)
+        self.spatial_attn = SelfAttention(axis="space", **attn)
+        self.temporal_attn = SelfAttention(axis="time", causal=True, **attn)
+        self.norm2 = nn.Identity() if qk_norm else nn.LayerNorm(d_model, eps=1e-5)
+        self.mlp = Mlp(d_model, mlp_ratio, mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.spatial_attn(self.norm1(x))
+        x = x + self.temporal_attn(x)
+        return x + self.mlp(self.norm2(x))
+
+    def forward_prefill(self, x, k_cache, v_cache, kv_only: bool = False):
+        """x: (B, T0, S, C), frames 0 .. T0-1; stores their temporal K/V in k_cache, v_cache (B, T_max, S, H, D)."""
+        x = x + self.spatial_attn(self.norm1(x))
+        if kv_only:
+            self.temporal_attn.write_kv(x, k_cache, v_cache)
+            return None
+        x = x + self.temporal_attn.forward_prefill(x, k_cache, v_cache)
+        return x + self.mlp(self.norm2(x))
+
+    def forward_decode(self, x, k_cache, v_cache, position: torch.Tensor, kv_only: bool = False):
+        """x: (B, 1, S, C), the frame at `position` (int64 tensor (1,)); attends to cached frames 0 .. position."""
+        x = x + self.spatial_attn(self.norm1(x))
+        if kv_only:
+            self.temporal_attn.write_kv(x, k_cache, v_cache, position)
+            return None
+        x = x + self.temporal_attn.forward_decode(x, k_cache, v_cache, position)
+        return x + self.mlp(self.norm2(x))
+
+
+class STTransformer(nn.Module):
+    """A stack of `num_layers` STBlocks named `layers.{i}` (GENIE's `STTransformerDecoder`).
+
+    x: (B, T, S, C) -> (B, T, S, C). The cached paths take a `FrameKVCache` (see wmkernels.nn.kv_cache).
+    """
+
+    def __init__(self, num_layers: int, d_model: int, num_heads: int, **block_kwargs) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(STBlock(d_model, num_heads, **block_kwargs) for _ in range(num_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def forward_prefill(self, x: torch.Tensor, cache, need_output: bool = True):
+        """Frames 0 .. T0-1 of x (B, T0, S, C): fill the cache's K/V; return the output only if `need_output`."""
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer.forward_prefill(x, cache.k[i], cache.v[i], kv_only=(i == last and not need_output))
+        return x
+
+    def forward_decode(self, x: torch.Tensor, cache, position: torch.Tensor, need_output: bool = True):
+        """One frame x (B, 1, S, C) at `position` against the cache; its K/V are written at `position`."""
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer.forward_decode(x, cache.k[i], cache.v[i], position, kv_only=(i == last and not need_output))
+        return x

@@ -1,0 +1,152 @@
+"""STMaskGIT: parity with the reference GENIE model, logits layout, checkpoints and their errors."""
+import json
+
+import pytest
+import torch
+
+from tests.models.helpers import tiny_config, tiny_model
+from wmkernels.models import CheckpointError, STMaskGIT, STMaskGITConfig
+from wmkernels.reference.genie import GenieSTMaskGIT
+
+
+def _reference_for(model: STMaskGIT) -> GenieSTMaskGIT:
+    ref = GenieSTMaskGIT(model.config.to_dict())
+    ref.load_state_dict(model.state_dict())  # the GENIE names, unchanged
+    return ref.to(next(model.parameters()).dtype).eval()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"qk_norm": False}, {"use_mup": True}, {"num_factored_vocabs": 1},
+                                       {"mlp_ratio": 2.0, "qkv_bias": False, "proj_bias": False, "mlp_bias": False}])
+def test_compute_logits_matches_reference(overrides):
+    model = tiny_model(spread=0.1, **overrides)
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, cfg.image_vocab_size + 1, (2, cfg.T, cfg.H, cfg.W), generator=g)  # with mask tokens
+    with torch.no_grad():
+        want64 = _reference_for(model.double()).compute_logits(tokens)
+        got64 = model.compute_logits(tokens)
+        ref32 = _reference_for(model.float()).compute_logits(tokens)
+        got32 = model.compute_logits(tokens)
+    assert got32.shape == (2, cfg.num_factored_vocabs * cfg.factored_vocab_size, cfg.T, cfg.H, cfg.W)
+    assert (got64 - want64).abs().max() <= 1e-9 * want64.abs().max()
+    assert (got32.double() - want64).abs().max() <= 2 * (ref32.double() - want64).abs().max() + 1e-5
+
+
+def test_logits_layout_and_fewer_frames():
+    # Channel j*V + i is digit j (least significant first); frames t < T' do not depend on later frames.
+    model = tiny_model(dtype=torch.float64)
+    cfg = model.config
+    tokens = torch.randint(0, cfg.image_vocab_size, (1, cfg.T, cfg.H, cfg.W))
+    with torch.no_grad():
+        full = model.compute_logits(tokens)
+        head = model.compute_logits(tokens[:, :3])
+        per_token = model.forward_tokens(tokens)  # (B, T, S, C)
+    torch.testing.assert_close(head, full[:, :, :3], rtol=1e-10, atol=1e-10 * full.abs().max().item())
+    torch.testing.assert_close(full[0, :, 2, 1, 3], per_token[0, 2, 1 * cfg.W + 3])
+
+
+def test_embedding_factorizes_least_significant_first():
+    model = tiny_model()
+    emb, v = model.token_embed, model.config.factored_vocab_size
+    tok = torch.tensor([[3 + 5 * v, model.config.mask_token_id]])
+    out = emb(tok)
+    torch.testing.assert_close(out[0, 0], emb.factored_embeds[0].weight[3] + emb.factored_embeds[1].weight[5])
+    torch.testing.assert_close(out[0, 1], emb.mask_token_embed[0])
+
+
+def _genie_config_json(cfg: STMaskGITConfig) -> dict:
+    # What GENIE's GenieConfig writes: every field, the training-only ones included.
+    data = cfg.to_dict()
+    data.update(max_corrupt_rate=0.2, non_mlm_ratio=0.5, num_prompt_frames=8, attn_drop=0.0, mlp_drop=0.0)
+    return data
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_checkpoint_round_trip(tmp_path, safe):
+    model = tiny_model(seed=3)
+    model.save_pretrained(tmp_path, safe_serialization=safe)
+    assert (tmp_path / ("model.safetensors" if safe else "pytorch_model.bin")).is_file()
+    loaded = STMaskGIT.from_pretrained(tmp_path).eval()
+    assert loaded.config == model.config
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    tokens = torch.randint(0, model.config.image_vocab_size, (1, 4, 4, 4))
+    with torch.no_grad():
+        assert torch.equal(loaded.compute_logits(tokens), model.compute_logits(tokens))
+
+
+def test_loads_genie_directory_with_training_fields(tmp_path):
+    model = tiny_model(seed=4)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "model.pt")
+    (tmp_path / "config.json").write_text(json.dumps({"config": _genie_config_json(model.config)}))
+    loaded = STMaskGIT.from_pretrained(tmp_path)
+    assert loaded.config.training["num_prompt_frames"] == 8
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
+
+
+def _write(tmp_path, cfg, state):
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text(json.dumps(_genie_config_json(cfg)))
+
+
+def test_missing_tensor_is_named(tmp_path):
+    model = tiny_model()
+    state = model.state_dict()
+    del state["decoder.layers.1.mlp.fc1.weight"]
+    _write(tmp_path, model.config, state)
+    with pytest.raises(CheckpointError, match=r"missing tensor 'decoder\.layers\.1\.mlp\.fc1\.weight'"):
+        STMaskGIT.from_pretrained(tmp_path)
+
+
+def test_misshaped_tensor_is_named(tmp_path):
+    model = tiny_model()
+    state = model.state_dict()
+    state["pos_embed_TSC"] = state["pos_embed_TSC"][:, :4]
+    _write(tmp_path, model.config, state)
+    with pytest.raises(CheckpointError, match=r"'pos_embed_TSC' has shape \(1, 4, 16, 32\).*\(1, 10, 16, 32\)"):
+        STMaskGIT.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("num_layers", 3, r"missing tensor 'decoder\.layers\.2\."),
+    ("qk_norm", False, r"'decoder\.layers\.0\.norm1\.weight'"),
+    ("d_model", 64, r"'out_x_proj\.weight' has shape"),
+])
+def test_config_that_does_not_match_is_reported(tmp_path, field, value, named):
+    model = tiny_model()
+    _write(tmp_path, tiny_config(**{field: value}), model.state_dict())
+    with pytest.raises(CheckpointError, match=named):
+        STMaskGIT.from_pretrained(tmp_path)
+
+
+def test_missing_files_and_bad_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        STMaskGIT.from_pretrained(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        STMaskGIT.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(_genie_config_json(tiny_config())))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        STMaskGIT.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="factored_vocab_size"):
+        STMaskGITConfig(num_layers=1, num_heads=1, d_model=8, image_vocab_size=256, num_factored_vocabs=2,
+                        factored_vocab_size=15)
+    with pytest.raises(ValueError, match="square"):
+        tiny_config(S=15)
+    with pytest.raises(ValueError, match="required"):
+        STMaskGITConfig.from_dict({"num_layers": 2})
+
+
+def test_bad_tokens_raise():
+    model = tiny_model()
+    cfg = model.config
+    with pytest.raises(ValueError, match="outside"):
+        model.compute_logits(torch.full((1, 2, 4, 4), cfg.mask_token_id + 1))
+    with pytest.raises(ValueError, match="outside"):
+        model.compute_logits(torch.full((1, 2, 4, 4), -1))
+    with pytest.raises(ValueError, match=r"shape \(B, T, 4, 4\)"):
+        model.compute_logits(torch.zeros(1, 2, 5, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="more than the model's T=10"):
+        model.compute_logits(torch.zeros(1, 11, 4, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="int32 or int64"):
+        model.compute_logits(torch.zeros(1, 2, 4, 4))
