@@ -77,6 +77,23 @@ def test_teacher_forced_metrics_rows():
     assert len(rows) == 2
     for row in rows:
         assert row["tokens"] == 2 * 256 and 0 <= row["correct"] <= row["tokens"] and row["ce_sum"] > 0
+    # The same numbers from GENIE's uncached full forward: frame t masked, the true frames before it.
+    from wmkernels.sampling import factorized_argmax, factorized_cross_entropy
+
+    model = ctx.model()
+    cfg = model.config
+    for b, row in enumerate(rows):
+        ce_sum, correct = 0.0, 0
+        for t in (3, 4):
+            tokens = windows[b:b + 1, :t + 1].clone()
+            tokens[:, t] = cfg.mask_token_id
+            with torch.no_grad():
+                logits = model.compute_logits(tokens)[:, :, t:t + 1]
+            target = windows[b:b + 1, t:t + 1]
+            ce_sum += float(factorized_cross_entropy(logits, target)) * 256
+            correct += int((factorized_argmax(logits) == target).sum())
+        assert row["correct"] == correct
+        assert abs(row["ce_sum"] - ce_sum) <= 1e-4 * ce_sum
 
 
 def test_tiny_preset_end_to_end_with_the_model(tmp_path):

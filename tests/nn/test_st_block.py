@@ -114,8 +114,10 @@ def test_cached_paths_equal_full_forward(qk_norm):
         full = model(x)
         pre = model.forward_prefill(x[:, :3], cache)
         dec = model.forward_decode(x[:, 3:4], cache, torch.tensor([3]))
-    assert _max_err(pre, full[:, :3]) < 1e-5
-    assert _max_err(dec, full[:, 3:4]) < 1e-5
+    # Different kernels (full temporal attention vs frame decode) round differently: fp32-relative agreement.
+    scale = full.abs().max().item()
+    assert _max_err(pre, full[:, :3]) <= 1e-5 * scale
+    assert _max_err(dec, full[:, 3:4]) <= 1e-5 * scale
 
 
 def test_bad_layer_arguments():

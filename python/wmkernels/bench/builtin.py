@@ -9,8 +9,6 @@ reports as a reason, never as a crash. The functions are written against the agr
     wmkernels.sampling.maskgit_generate(model, prompt, num_new_frames, steps, temperature, unmask_mode,
                                         generator, use_cache, progress) -> GenerationResult(tokens, first_step_logits)
 
-MERGE: the places marked `MERGE:` below are where the merge with issue 5 may need a line changed
-(`build_model`'s config type) or a body written (`teacher_forced_metrics`).
 """
 from __future__ import annotations
 
@@ -79,14 +77,13 @@ def build_model(model_fields: dict, checkpoint: str | None, device: str, dtype: 
     """The world model under test, in eval mode on `device`/`dtype`.
 
     Random weights are drawn after `torch.manual_seed(seed)`, so every worker process and every rank builds
-    the same model. Untested until the merge with issue 5 (tests/bench/test_builtin.py skips until then).
+    the same model.
     """
     STMaskGIT, _ = _api()
     if checkpoint is not None:
         model = STMaskGIT.from_pretrained(checkpoint)
     else:
         torch.manual_seed(seed)
-        # MERGE: if from_config wants the package's config class rather than a dict of GENIE fields, build it here.
         model = STMaskGIT.from_config(dict(model_fields))
     return model.to(device=device, dtype=dtype).eval()
 
@@ -136,9 +133,23 @@ def teacher_forced_metrics(context: SamplerContext, windows: torch.Tensor, promp
     the factorized logits. Returns [{"ce_sum": float, "correct": int, "tokens": int}] per window, sums over
     its predicted tokens, so shards can be added up exactly.
 
-    MERGE: written with issue 5's metric functions (maskgit_generate(..., num_new_frames=1) on the true
-    prefix gives `first_step_logits`). Until then this raises ModelUnavailable and the report says so.
+    Computed with the frame KV cache (`wmkernels.sampling.teacher_forced_logits`: one prefill, then one masked
+    decode and one commit per frame), which gives the same logits as GENIE's full forward.
     """
     _api()
-    raise ModelUnavailable("teacher-forced CE/accuracy is computed with issue 5's metric functions, "
-                           "wired in at its merge (wmkernels.bench.builtin.teacher_forced_metrics)")
+    from wmkernels.sampling import factorized_argmax, factorized_cross_entropy, teacher_forced_logits
+
+    model = context.model()
+    cfg = model.config
+    truth = windows.to(next(model.parameters()).device).long()
+    logits = teacher_forced_logits(model, truth, prompt_frames)
+    targets = truth[:, prompt_frames:]
+    predicted = factorized_argmax(logits, cfg.num_factored_vocabs, cfg.factored_vocab_size)
+    rows = []
+    for b in range(truth.shape[0]):
+        tokens = targets[b].numel()
+        ce = factorized_cross_entropy(logits[b:b + 1], targets[b:b + 1], cfg.num_factored_vocabs,
+                                      cfg.factored_vocab_size)
+        rows.append({"ce_sum": float(ce) * tokens, "correct": int((predicted[b] == targets[b]).sum()),
+                     "tokens": tokens})
+    return rows
