@@ -101,7 +101,7 @@ install-check:
 
 # --- sanitizers: the CPU kernels under ASan + UBSan -------------------------------------------------------
 ASAN_VENV ?= .venv-asan
-SANITIZE_TESTS ?= tests/ops tests/test_registry.py tests/test_backend.py
+SANITIZE_TESTS ?= tests/ops tests/nn tests/test_registry.py tests/test_backend.py
 ASAN_RUNTIME = $(shell gcc -print-file-name=libasan.so):$(shell gcc -print-file-name=libubsan.so)
 $(ASAN_VENV)/.deps-$(TORCH_CPU)-v2:
 	$(PYTHON) -m venv $(ASAN_VENV)

@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
     p.add_argument("--data", help="1X-format directory (video.bin, segment_ids.bin, metadata.json); "
                                   "default: synthetic data written under --out")
-    p.add_argument("--checkpoint", help="local GENIE checkpoint directory (config.json + weights); "
-                                        "default: random weights from --seed")
+    p.add_argument("--checkpoint", help="local GENIE checkpoint directory (config.json + weights), or 'none' for "
+                                        "random weights from --seed; default: the preset's (tiny: the trained "
+                                        "model shipped with the package; others: none)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--batch-size", type=_positive_int, help="prompts per generate call")
@@ -103,10 +104,13 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     preset = PRESETS[args.preset]
     pick = lambda value, default: default if value is None else value  # noqa: E731
     model_fields = dict(preset.model)
-    if args.checkpoint:
+    checkpoint = preset.checkpoint if args.checkpoint is None else args.checkpoint
+    if checkpoint is not None and checkpoint.lower() == "none":
+        checkpoint = None
+    if checkpoint:
         from wmkernels.bench.builtin import read_checkpoint_fields
 
-        model_fields = read_checkpoint_fields(args.checkpoint)
+        model_fields = read_checkpoint_fields(checkpoint)
     new_frames = pick(args.new_frames, preset.new_frames)
     horizons = pick(args.horizons, [h for h in preset.horizons if h < new_frames] + [new_frames])
     warmup = pick(args.warmup, preset.warmup)
@@ -117,7 +121,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     reference = None if args.reference.lower() == "none" else args.reference
     return BenchConfig(
         preset=args.preset, model_fields=model_fields, out=args.out or f"out/bench-{args.preset}", data=args.data,
-        synthetic=dict(preset.synthetic), checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
+        synthetic=dict(preset.synthetic), checkpoint=checkpoint, device=args.device, dtype=args.dtype,
         batch_size=pick(args.batch_size, preset.batch_size), steps=pick(args.steps, preset.steps),
         prompt_frames=pick(args.prompt_frames, preset.prompt_frames), new_frames=new_frames, stride=args.stride,
         overlapping=args.overlapping, num_windows=pick(args.num_windows, preset.num_windows), warmup=warmup,

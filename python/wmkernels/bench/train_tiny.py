@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wmkernels.bench.presets import PRESETS
+from wmkernels.bench.presets import PRESETS, TINY_CHECKPOINT
 from wmkernels.data.reader import window_starts
 from wmkernels.data.synthetic import synthetic_tokens
 
-#: Where the trained model lives inside the package (config.json + model.safetensors).
-ASSET_DIR = Path(__file__).parent / "assets" / "tiny"
+ASSET_DIR = TINY_CHECKPOINT
 EVAL_SEGMENTS = PRESETS["tiny"].synthetic["num_segments"]
 FRAMES_PER_SEGMENT = PRESETS["tiny"].synthetic["frames_per_segment"]
 STRIDE = 15
