@@ -21,6 +21,7 @@ namespace wmk::attention::cpu {
 
 template <typename T>
 struct PortableKernels {
+  static constexpr bool kHasShort = false;
   static bool usable() { return true; }
 
   // C[M x N] (+)= A[M x K] * B[K x N].
@@ -36,6 +37,12 @@ struct PortableKernels {
         for (int64_t j = 0; j < n; ++j) crow[j] += av * brow[j];
       }
     }
+  }
+
+  // dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols.
+  static void transpose(const T* src, int64_t lds, int64_t rows, int64_t cols, T* dst, int64_t ldd) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
   }
 
   static T max(const T* x, int64_t n) {
@@ -59,6 +66,8 @@ struct PortableKernels {
 #define WMK_AVX2 __attribute__((target("avx2,fma")))
 
 struct Avx2Kernels {
+  static constexpr bool kHasShort = true;
+  static constexpr int64_t kShortKeys = 16;
   static bool usable() {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -109,6 +118,129 @@ struct Avx2Kernels {
           _mm256_storeu_ps(c0 + r * ldc, acc[r][0]);
           _mm256_storeu_ps(c0 + r * ldc + 8, acc[r][1]);
         }
+      }
+    }
+  }
+
+  // One tile of mq query rows against nk <= 16 keys (temporal attention: T frames), entirely in registers:
+  // scores, mask, softmax and P V, without the per-row calls and score-tile round trips of the general
+  // path. qt: rows of dv (scale folded in); kt: d x 16, keys transposed, zero past nk; vr: nk rows of dv.
+  // nvis[r]: keys row r sees (a prefix). Writes the unnormalised output rows ob (mq x dv), row maxima m
+  // and sums l, as the general path leaves them.
+  WMK_AVX2 static void attend_short(const float* qt, int64_t dv, const float* kt, const float* vr, int64_t d,
+                                    int64_t mq, const int64_t* nvis, float* ob, float* m, float* l) {
+    alignas(32) float p[4][16];
+    for (int64_t r0 = 0; r0 < mq; r0 += 4) {
+      const int64_t rows = mq - r0 < 4 ? mq - r0 : 4;
+      // Loops over the 4 rows have constant bounds and are unrolled, so the accumulators stay in registers.
+      __m256 acc[4][2];
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+      const float* a0 = qt + r0 * dv;  // rows past mq are zero padding of the tile (callers pad to 4)
+      for (int64_t i = 0; i < d; ++i) {
+        const __m256 b0 = _mm256_loadu_ps(kt + i * 16);
+        const __m256 b1 = _mm256_loadu_ps(kt + i * 16 + 8);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) {
+          const __m256 av = _mm256_broadcast_ss(a0 + r * dv + i);
+          acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+          acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+        }
+      }
+      int64_t nk_max = 0;
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) {
+        const int64_t nv = r < rows ? nvis[r0 + r] : 0;
+        nk_max = nv > nk_max ? nv : nk_max;
+        softmax16(acc[r][0], acc[r][1], nv, p[r], r < rows ? m + r0 + r : nullptr, r < rows ? l + r0 + r : nullptr);
+      }
+      // P V over 16 output columns at a time; keys past every row's prefix contribute nothing.
+      for (int64_t c = 0; c < dv; c += 16) {
+        __m256 o[4][2];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) o[r][0] = o[r][1] = _mm256_setzero_ps();
+        for (int64_t j = 0; j < nk_max; ++j) {
+          const __m256 b0 = _mm256_loadu_ps(vr + j * dv + c);
+          const __m256 b1 = _mm256_loadu_ps(vr + j * dv + c + 8);
+#pragma GCC unroll 4
+          for (int r = 0; r < 4; ++r) {
+            const __m256 pv = _mm256_broadcast_ss(&p[r][j]);
+            o[r][0] = _mm256_fmadd_ps(pv, b0, o[r][0]);
+            o[r][1] = _mm256_fmadd_ps(pv, b1, o[r][1]);
+          }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) {
+          if (r < rows) {
+            _mm256_storeu_ps(ob + (r0 + r) * dv + c, o[r][0]);
+            _mm256_storeu_ps(ob + (r0 + r) * dv + c + 8, o[r][1]);
+          }
+        }
+      }
+    }
+  }
+
+  // Softmax numerators of one row of 16 scores (s0, s1) of which the first nv are visible: p <- exp(s - max)
+  // (0 where masked), *m <- max, *l <- sum (m and l may be null for a padding row). With nv = 0, p = 0 and
+  // l = 0, which is what the general path leaves for a row that sees no key.
+  WMK_AVX2 static inline void softmax16(__m256 s0, __m256 s1, int64_t nv, float* p, float* m, float* l) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i n8 = _mm256_set1_epi32(static_cast<int32_t>(nv));
+    const __m256 vis0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(n8, lane));
+    const __m256 vis1 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(n8, _mm256_add_epi32(lane, _mm256_set1_epi32(8))));
+    const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    s0 = _mm256_blendv_ps(ninf, s0, vis0);
+    s1 = _mm256_blendv_ps(ninf, s1, vis1);
+    const float mx = hmax(_mm256_max_ps(s0, s1));
+    const __m256 mx8 = _mm256_set1_ps(nv > 0 ? mx : 0.0f);
+    const __m256 e0 = _mm256_and_ps(exp8(_mm256_sub_ps(s0, mx8)), vis0);
+    const __m256 e1 = _mm256_and_ps(exp8(_mm256_sub_ps(s1, mx8)), vis1);
+    _mm256_store_ps(p, e0);
+    _mm256_store_ps(p + 8, e1);
+    if (m != nullptr) *m = mx;
+    if (l != nullptr) *l = hsum(_mm256_add_ps(e0, e1));
+  }
+
+  WMK_AVX2 static inline float hmax(__m256 x) {
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    return _mm_cvtss_f32(h);
+  }
+
+  // Sum of the 8 lanes in the pairwise order exp_shift uses, so both paths give the same bits.
+  WMK_AVX2 static inline float hsum(__m256 x) {
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, x);
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  }
+
+  // dst[c * ldd + r] = src[r * lds + c]; rows and cols multiples of 8 (the packed tiles are padded to 16).
+  WMK_AVX2 static void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
+    for (int64_t r = 0; r < rows; r += 8) {
+      for (int64_t c = 0; c < cols; c += 8) {
+        __m256 x[8], y[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) x[i] = _mm256_loadu_ps(src + (r + i) * lds + c);
+#pragma GCC unroll 4
+        for (int i = 0; i < 8; i += 2) {
+          y[i] = _mm256_unpacklo_ps(x[i], x[i + 1]);
+          y[i + 1] = _mm256_unpackhi_ps(x[i], x[i + 1]);
+        }
+#pragma GCC unroll 2
+        for (int i = 0; i < 8; i += 4) {
+          x[i] = _mm256_shuffle_ps(y[i], y[i + 2], 0x44);
+          x[i + 1] = _mm256_shuffle_ps(y[i], y[i + 2], 0xEE);
+          x[i + 2] = _mm256_shuffle_ps(y[i + 1], y[i + 3], 0x44);
+          x[i + 3] = _mm256_shuffle_ps(y[i + 1], y[i + 3], 0xEE);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+          y[i] = _mm256_permute2f128_ps(x[i], x[i + 4], 0x20);
+          y[i + 4] = _mm256_permute2f128_ps(x[i], x[i + 4], 0x31);
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + (c + i) * ldd + r, y[i]);
       }
     }
   }

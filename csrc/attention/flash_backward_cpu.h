@@ -43,7 +43,7 @@ void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, 
         prefetch_rows(k.group(bn, xn, hn), lk, k.st.l, k.st.d, d);
         prefetch_rows(v.group(bn, xn, hn), lk, v.st.l, v.st.d, d);
       }
-      pack_keys(k.group(b, x, h), k.st, v.group(b, x, h), v.st, lk, d, norm, true, pack, row.data());
+      pack_keys<Kern>(k.group(b, x, h), k.st, v.group(b, x, h), v.st, lk, d, norm, true, pack);
       std::fill(dkt.begin(), dkt.end(), acc_t(0));
       std::fill(dvt.begin(), dvt.end(), acc_t(0));
       const scalar_t* og = out.group(b, x, h);

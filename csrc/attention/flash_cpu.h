@@ -24,6 +24,7 @@ namespace wmk::attention::cpu {
 
 constexpr int64_t kTileQ = 32;
 constexpr int64_t kTileK = 256;
+constexpr int64_t kPrefetchGroups = 1;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -52,24 +53,33 @@ inline void load_row(const scalar_t* src, int64_t sd, int64_t d, int64_t padded,
   for (int64_t i = d; i < padded; ++i) dst[i] = 0;
 }
 
-// Starts loading n rows of the next group into cache. The rows of one group lie far apart (a temporal
-// sequence's frames are S * H * D elements apart), so the hardware prefetcher cannot follow them and the
-// packing loops would otherwise wait on each miss in turn; a group of work ahead is enough to hide them.
+// Starts loading one row of D values into cache (rows with a unit stride only).
+template <typename scalar_t>
+inline void prefetch_row(const scalar_t* row_ptr, int64_t sd, int64_t d) {
+  if (sd != 1) return;
+  const char* row = reinterpret_cast<const char*>(row_ptr);
+  const int64_t bytes = d * static_cast<int64_t>(sizeof(scalar_t));
+  for (int64_t o = 0; o < bytes; o += 64) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    // Not __builtin_prefetch: C++'s forward-progress rule lets GCC delete a loop of nothing but prefetches.
+    asm volatile("prefetcht0 %0" : : "m"(row[o]));
+#else
+    __builtin_prefetch(row + o);
+#endif
+  }
+}
+
+// The rows of one group lie far apart (a spatial sequence's rows are 3 * H * D elements apart in a fused
+// projection, a temporal sequence's frames S * H * D), so the hardware prefetcher does not follow them and
+// each row would be a cache miss waited on in turn. The packing loops therefore prefetch the row
+// kPrefetchRows ahead of the one they read, and the start of the next group while the current one runs.
+// Prefetching whole groups at once does not work: the CPU keeps only ~20 misses in flight and drops or
+// stalls on the rest.
+constexpr int64_t kPrefetchRows = 8;
+
 template <typename scalar_t>
 inline void prefetch_rows(const scalar_t* base, int64_t n, int64_t sl, int64_t sd, int64_t d) {
-  if (sd != 1) return;
-  const int64_t bytes = d * static_cast<int64_t>(sizeof(scalar_t));
-  for (int64_t i = 0; i < n; ++i) {
-    const char* row = reinterpret_cast<const char*>(base + i * sl);
-    for (int64_t o = 0; o < bytes; o += 64) {
-#if defined(__x86_64__) && defined(__GNUC__)
-      // Not __builtin_prefetch: C++'s forward-progress rule lets GCC delete a loop of nothing but prefetches.
-      asm volatile("prefetcht0 %0" : : "m"(row[o]));
-#else
-      __builtin_prefetch(row + o);
-#endif
-    }
-  }
+  for (int64_t i = 0; i < n; ++i) prefetch_row(base + i * sl, sd, d);
 }
 
 // qk LayerNorm parameters converted to acc_t once per call.
@@ -80,7 +90,8 @@ struct Norm {
   acc_t eps = 0;
 };
 
-// Per-thread scratch of one group: packed K (row-major and transposed) and V.
+// Per-thread scratch of one group: packed K (row-major and transposed) and V (row-major, and transposed
+// for the backward). The transposed tiles have dv rows (rows d..dv-1 zero) so they transpose in 8x8 blocks.
 template <typename acc_t>
 struct KeyPack {
   int64_t lkp = 0, dv = 0;
@@ -89,11 +100,11 @@ struct KeyPack {
   void resize(int64_t lk, int64_t d, bool backward, bool norm) {
     lkp = round_up(std::max<int64_t>(lk, 1), 16);
     dv = round_up(d, 16);
-    kt.assign(d * lkp, 0);
+    kt.assign(dv * lkp, 0);
     vr.assign(lkp * dv, 0);
+    kr.assign(lkp * dv, 0);
     if (backward) {
-      kr.assign(lkp * dv, 0);
-      vt.assign(d * lkp, 0);
+      vt.assign(dv * lkp, 0);
       if (norm) {
         khat.assign(lkp * d, 0);
         krstd.assign(lkp, 0);
@@ -102,31 +113,31 @@ struct KeyPack {
   }
 };
 
-// Packs keys/values 0..lk-1 of one group; the caller sized `pack` for the call's largest lk.
-template <typename scalar_t, typename acc_t>
+// Packs keys/values 0..lk-1 of one group; the caller sized `pack` for the call's largest lk. Rows go
+// row-major first (contiguous loads and stores), then through the kernels' block transpose.
+template <typename Kern, typename scalar_t, typename acc_t>
 void pack_keys(const scalar_t* k, const Roles& ks, const scalar_t* v, const Roles& vs, int64_t lk, int64_t d,
-               const Norm<acc_t>& norm, bool backward, KeyPack<acc_t>& pack, acc_t* row) {
+               const Norm<acc_t>& norm, bool backward, KeyPack<acc_t>& pack) {
   const int64_t lkp = pack.lkp, dv = pack.dv;
   for (int64_t j = 0; j < lk; ++j) {
+    if (j + kPrefetchRows < lk) {
+      prefetch_row(k + (j + kPrefetchRows) * ks.l, ks.d, d);
+      prefetch_row(v + (j + kPrefetchRows) * vs.l, vs.d, d);
+    }
+    acc_t* row = pack.kr.data() + j * dv;
     load_row(k + j * ks.l, ks.d, d, dv, row);
     if (norm.on) {
       acc_t* xhat = backward ? pack.khat.data() + j * d : nullptr;
       const acc_t rstd = layer_norm_row(row, d, norm.w.data(), norm.b.data(), norm.eps, xhat);
       if (backward) pack.krstd[j] = rstd;
     }
-    for (int64_t i = 0; i < d; ++i) pack.kt[i * lkp + j] = row[i];
-    if (backward) std::memcpy(pack.kr.data() + j * dv, row, sizeof(acc_t) * dv);
     load_row(v + j * vs.l, vs.d, d, dv, pack.vr.data() + j * dv);
-    if (backward)
-      for (int64_t i = 0; i < d; ++i) pack.vt[i * lkp + j] = pack.vr[j * dv + i];
   }
   // Stale keys past lk (a shorter group after a longer one) must read as zeros in the padded tiles.
-  for (int64_t i = 0; i < d; ++i) {
-    std::fill(pack.kt.begin() + i * lkp + lk, pack.kt.begin() + (i + 1) * lkp, acc_t(0));
-    if (backward) std::fill(pack.vt.begin() + i * lkp + lk, pack.vt.begin() + (i + 1) * lkp, acc_t(0));
-  }
+  std::fill(pack.kr.begin() + lk * dv, pack.kr.end(), acc_t(0));
   std::fill(pack.vr.begin() + lk * dv, pack.vr.end(), acc_t(0));
-  if (backward) std::fill(pack.kr.begin() + lk * dv, pack.kr.end(), acc_t(0));
+  Kern::transpose(pack.kr.data(), dv, lkp, dv, pack.kt.data(), lkp);
+  if (backward) Kern::transpose(pack.vr.data(), dv, lkp, dv, pack.vt.data(), lkp);
 }
 
 // Packs query rows i0 .. i0+mq-1 as scale * LayerNorm(q) into tile (mq4 x dv, zero-padded).
@@ -135,6 +146,7 @@ void pack_queries(const scalar_t* q, const Roles& qs, int64_t i0, int64_t mq, in
                   const Norm<acc_t>& norm, acc_t* tile, acc_t* qhat, acc_t* qrstd) {
   const int64_t mq4 = round_up(mq, 4);
   for (int64_t r = 0; r < mq; ++r) {
+    if (r + kPrefetchRows < mq) prefetch_row(q + (i0 + r + kPrefetchRows) * qs.l, qs.d, d);
     acc_t* row = tile + r * dv;
     load_row(q + (i0 + r) * qs.l, qs.d, d, dv, row);
     if (norm.on) {
@@ -160,21 +172,33 @@ void flash_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, O
   at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
     KeyPack<acc_t> pack;
     pack.resize(p.lk, d, false, norm.on);
-    std::vector<acc_t> row(dv), qt(kTileQ * dv), sc(kTileQ * kTileK), ob(kTileQ * dv), m(kTileQ), l(kTileQ);
+    std::vector<acc_t> qt(kTileQ * dv), sc(kTileQ * kTileK), ob(kTileQ * dv), m(kTileQ), l(kTileQ);
+    std::vector<int64_t> nvis(kTileQ);
     for (int64_t g = begin; g < end; ++g) {
       const int64_t h = g % p.heads, x = (g / p.heads) % p.other, b = g / (p.heads * p.other);
       const int64_t lk = lk_of(b);
-      if (g + 1 < end) {
-        const int64_t hn = (g + 1) % p.heads, xn = ((g + 1) / p.heads) % p.other, bn = (g + 1) / (p.heads * p.other);
-        prefetch_rows(q.group(bn, xn, hn), lq, q.st.l, q.st.d, d);
-        prefetch_rows(k.group(bn, xn, hn), lk_of(bn), k.st.l, k.st.d, d);
-        prefetch_rows(v.group(bn, xn, hn), lk_of(bn), v.st.l, v.st.d, d);
+      if (g + kPrefetchGroups < end) {
+        const int64_t gn = g + kPrefetchGroups;
+        const int64_t hn = gn % p.heads, xn = (gn / p.heads) % p.other, bn = gn / (p.heads * p.other);
+        prefetch_rows(q.group(bn, xn, hn), std::min(lq, kPrefetchRows), q.st.l, q.st.d, d);
+        prefetch_rows(k.group(bn, xn, hn), std::min(lk_of(bn), kPrefetchRows), k.st.l, k.st.d, d);
+        prefetch_rows(v.group(bn, xn, hn), std::min(lk_of(bn), kPrefetchRows), v.st.l, v.st.d, d);
       }
-      pack_keys(k.group(b, x, h), k.st, v.group(b, x, h), v.st, lk, d, norm, false, pack, row.data());
+      pack_keys<Kern>(k.group(b, x, h), k.st, v.group(b, x, h), v.st, lk, d, norm, false, pack);
       for (int64_t i0 = 0; i0 < lq; i0 += kTileQ) {
         const int64_t mq = std::min(kTileQ, lq - i0), mq4 = round_up(mq, 4);
         pack_queries(q.group(b, x, h), q.st, i0, mq, d, dv, scale, norm, qt.data(), (acc_t*)nullptr,
                      (acc_t*)nullptr);
+        bool done = false;
+        if constexpr (Kern::kHasShort) {
+          if (lk <= Kern::kShortKeys && pack.lkp == Kern::kShortKeys) {  // short sequences: the fused tile
+            for (int64_t r = 0; r < mq; ++r) nvis[r] = visible_keys(i0 + r, lq, lk, p.causal);
+            Kern::attend_short(qt.data(), dv, pack.kt.data(), pack.vr.data(), d, mq, nvis.data(), ob.data(),
+                               m.data(), l.data());
+            done = true;
+          }
+        }
+        if (!done) {
         std::fill(m.begin(), m.end(), -std::numeric_limits<acc_t>::infinity());
         std::fill(l.begin(), l.end(), acc_t(0));
         std::fill(ob.begin(), ob.begin() + mq4 * dv, acc_t(0));
@@ -196,6 +220,7 @@ void flash_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, O
             std::fill(s + nv, s + nkp, acc_t(0));
           }
           Kern::gemm(sc.data(), kTileK, pack.vr.data() + kb * dv, dv, ob.data(), dv, mq4, dv, nk, true);
+        }
         }
         scalar_t* og = out.group(b, x, h);
         for (int64_t r = 0; r < mq; ++r) {
