@@ -215,10 +215,13 @@ struct Avx2Kernels {
     return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
   }
 
-  // dst[c * ldd + r] = src[r * lds + c]; rows and cols multiples of 8 (the packed tiles are padded to 16).
+  // dst[c * ldd + r] = src[r * lds + c], in 8x8 register blocks (a scalar loop for the edges).
   WMK_AVX2 static void transpose(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd) {
-    for (int64_t r = 0; r < rows; r += 8) {
-      for (int64_t c = 0; c < cols; c += 8) {
+    const int64_t rows8 = rows / 8 * 8, cols8 = cols / 8 * 8;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = r < rows8 ? cols8 : 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+    for (int64_t r = 0; r < rows8; r += 8) {
+      for (int64_t c = 0; c < cols8; c += 8) {
         __m256 x[8], y[8];
 #pragma GCC unroll 8
         for (int i = 0; i < 8; ++i) x[i] = _mm256_loadu_ps(src + (r + i) * lds + c);

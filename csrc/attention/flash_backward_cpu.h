@@ -8,12 +8,6 @@
 
 namespace wmk::attention::cpu {
 
-template <typename acc_t>
-inline void transpose(const acc_t* src, int64_t ld_src, int64_t rows, int64_t cols, acc_t* dst, int64_t ld_dst) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
-}
-
 // dnorm: (slots, 2, D) zeroed; slot = thread index.
 template <typename scalar_t, typename acc_t, typename Kern>
 void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, Operand<scalar_t> v,
@@ -37,11 +31,13 @@ void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, 
       const int64_t h = g % p.heads, x = (g / p.heads) % p.other, b = g / (p.heads * p.other);
       if (g + 1 < end) {
         const int64_t hn = (g + 1) % p.heads, xn = ((g + 1) / p.heads) % p.other, bn = (g + 1) / (p.heads * p.other);
-        prefetch_rows(q.group(bn, xn, hn), lq, q.st.l, q.st.d, d);
-        prefetch_rows(out.group(bn, xn, hn), lq, out.st.l, out.st.d, d);
-        prefetch_rows(dout.group(bn, xn, hn), lq, dout.st.l, dout.st.d, d);
-        prefetch_rows(k.group(bn, xn, hn), lk, k.st.l, k.st.d, d);
-        prefetch_rows(v.group(bn, xn, hn), lk, v.st.l, v.st.d, d);
+        // The first rows only: the packing loops prefetch the rest as they go (see prefetch_row).
+        const int64_t nq = std::min(lq, kPrefetchRows), nk = std::min(lk, kPrefetchRows);
+        prefetch_rows(q.group(bn, xn, hn), nq, q.st.l, q.st.d, d);
+        prefetch_rows(out.group(bn, xn, hn), nq, out.st.l, out.st.d, d);
+        prefetch_rows(dout.group(bn, xn, hn), nq, dout.st.l, dout.st.d, d);
+        prefetch_rows(k.group(bn, xn, hn), nk, k.st.l, k.st.d, d);
+        prefetch_rows(v.group(bn, xn, hn), nk, v.st.l, v.st.d, d);
       }
       pack_keys<Kern>(k.group(b, x, h), k.st, v.group(b, x, h), v.st, lk, d, norm, true, pack);
       std::fill(dkt.begin(), dkt.end(), acc_t(0));
@@ -52,6 +48,10 @@ void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, 
         const int64_t mq = std::min(kTileQ, lq - i0), mq4 = round_up(mq, 4);
         pack_queries(q.group(b, x, h), q.st, i0, mq, d, dv, scale, norm, qt.data(), qhat.data(), qrstd.data());
         for (int64_t r = 0; r < mq; ++r) {
+          if (r + kPrefetchRows < mq) {
+            prefetch_row(dog + (i0 + r + kPrefetchRows) * dout.st.l, dout.st.d, d);
+            prefetch_row(og + (i0 + r + kPrefetchRows) * out.st.l, out.st.d, d);
+          }
           load_row(dog + (i0 + r) * dout.st.l, dout.st.d, d, dv, dot.data() + r * dv);
           load_row(og + (i0 + r) * out.st.l, out.st.d, d, dv, row.data());
           acc_t s = 0;  // delta = rowsum(dO * O), the softmax backward's correction
@@ -72,7 +72,7 @@ void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, 
             std::fill(s + nv, s + nkp, acc_t(0));
           }
           // dV += P^T dO
-          transpose(sc.data(), kTileK, mq4, nkp, pt.data(), kTileQ);
+          Kern::transpose(sc.data(), kTileK, mq4, nkp, pt.data(), kTileQ);
           Kern::gemm(pt.data(), kTileQ, dot.data(), dv, dvt.data() + kb * dv, dv, nkp, dv, mq4, true);
           // dS = P * (dO V^T - delta)
           Kern::gemm(dot.data(), dv, pack.vt.data() + kb, lkp, dp.data(), kTileK, mq4, nkp, d, false);
@@ -84,7 +84,7 @@ void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, 
           }
           // dQs += dS K, dK += dS^T Qs (Qs already holds the scale)
           Kern::gemm(sc.data(), kTileK, pack.kr.data() + kb * dv, dv, dqt.data(), dv, mq4, dv, nk, true);
-          transpose(sc.data(), kTileK, mq4, nkp, pt.data(), kTileQ);
+          Kern::transpose(sc.data(), kTileK, mq4, nkp, pt.data(), kTileQ);
           Kern::gemm(pt.data(), kTileQ, qt.data(), dv, dkt.data() + kb * dv, dv, nkp, dv, mq4, true);
         }
         scalar_t* dqg = dq.group(b, x, h);
