@@ -146,6 +146,21 @@ def core_gflops(repeats):
     return {name: (ms[name], flops[name] / ms[name] / 1e6) for name in ms}
 
 
+def block_forward_ms(repeats):
+    """A whole GENIE ST block forward (qk_norm on, as GENIE-35M): wmkernels.nn.STBlock vs the reference block
+    (GENIE's code path: rearrange + SDPA) holding the same weights."""
+    from wmkernels.nn import STBlock
+    from wmkernels.reference.genie import GenieSTBlock
+
+    torch.manual_seed(0)
+    ours = STBlock(H * D, H, qk_norm=True).eval()
+    ref = GenieSTBlock(H, H * D, qk_norm=True).eval()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(B, T, S, H * D)
+    with torch.no_grad():
+        return timed({"wmkernels STBlock": lambda: ours(x), "GENIE block (SDPA)": lambda: ref(x)}, repeats)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
@@ -178,6 +193,9 @@ def main():
         ms = timed({"wmkernels": lambda: ours(x), "sdpa": lambda: sdpa(x)}, args.repeats)
         print(f"  {part:8s} wmkernels {ms['wmkernels']:8.2f} ms   sdpa {ms['sdpa']:8.2f} ms   "
               f"ratio {ms['sdpa'] / ms['wmkernels']:.2f}x")
+    ms = block_forward_ms(args.repeats)
+    print(f"\nwhole ST block forward (attention, projections, MLP): wmkernels {ms['wmkernels STBlock']:.2f} ms   "
+          f"GENIE {ms['GENIE block (SDPA)']:.2f} ms   ratio {ms['GENIE block (SDPA)'] / ms['wmkernels STBlock']:.2f}x")
     print("\nattention core (spatial, no layout changes) beside a square matmul, same run:")
     for name, (ms_, gf) in core_gflops(args.repeats).items():
         print(f"  {name:24s} {ms_:8.2f} ms {gf:8.1f} GFLOP/s")

@@ -159,6 +159,50 @@ void pack_queries(const scalar_t* q, const Roles& qs, int64_t i0, int64_t mq, in
   std::fill(tile + mq * dv, tile + mq4 * dv, acc_t(0));
 }
 
+// Query rows i0 .. i0+mq-1 (packed in qt) against keys 0..lk-1 in blocks of kTileK with an online softmax:
+// leaves the unnormalised output rows in ob, row maxima in m and sums in l.
+template <typename Kern, typename acc_t>
+void attend_key_blocks(const Problem& p, const KeyPack<acc_t>& pack, const acc_t* qt, int64_t i0, int64_t mq,
+                       int64_t lk, acc_t* sc, acc_t* ob, acc_t* m, acc_t* l) {
+  const int64_t d = p.dim, dv = pack.dv, lq = p.lq, mq4 = round_up(mq, 4);
+  std::fill(m, m + kTileQ, -std::numeric_limits<acc_t>::infinity());
+  std::fill(l, l + kTileQ, acc_t(0));
+  std::fill(ob, ob + mq4 * dv, acc_t(0));
+  const int64_t key_end = visible_keys(i0 + mq - 1, lq, lk, p.causal);
+  for (int64_t kb = 0; kb < key_end; kb += kTileK) {
+    const int64_t nk = std::min(kTileK, key_end - kb), nkp = round_up(nk, 16);
+    Kern::gemm(qt, dv, pack.kt.data() + kb, pack.lkp, sc, kTileK, mq4, nkp, d, false);
+    for (int64_t r = 0; r < mq4; ++r) {
+      acc_t* s = sc + r * kTileK;
+      const int64_t nv = r < mq ? std::clamp<int64_t>(visible_keys(i0 + r, lq, lk, p.causal) - kb, 0, nk) : 0;
+      if (nv > 0) {
+        const acc_t m_new = std::max(m[r], Kern::max(s, nv));
+        const acc_t alpha = std::exp(m[r] - m_new);  // 0 on the first block (m = -inf)
+        if (alpha != acc_t(1) && l[r] != acc_t(0))  // nothing to rescale before the first visible key
+          for (int64_t i = 0; i < dv; ++i) ob[r * dv + i] *= alpha;
+        l[r] = l[r] * alpha + Kern::exp_shift(s, nv, m_new);
+        m[r] = m_new;
+      }
+      std::fill(s + nv, s + nkp, acc_t(0));
+    }
+    Kern::gemm(sc, kTileK, pack.vr.data() + kb * dv, dv, ob, dv, mq4, dv, nk, true);
+  }
+}
+
+// The same for a group of at most 16 keys (temporal attention over T <= 16 frames), through the kernels'
+// fused register tile when they have one; returns false (nothing done) otherwise.
+template <typename Kern, typename acc_t>
+bool attend_short_tile(const Problem& p, const KeyPack<acc_t>& pack, const acc_t* qt, int64_t i0, int64_t mq,
+                       int64_t lk, int64_t* nvis, acc_t* ob, acc_t* m, acc_t* l) {
+  if constexpr (Kern::kHasShort) {
+    if (pack.lkp != Kern::kShortKeys) return false;
+    for (int64_t r = 0; r < mq; ++r) nvis[r] = visible_keys(i0 + r, p.lq, lk, p.causal);
+    Kern::attend_short(qt, pack.dv, pack.kt.data(), pack.vr.data(), p.dim, mq, nvis, ob, m, l);
+    return true;
+  }
+  return false;
+}
+
 // Forward of one call. lk_of(b) gives the number of keys of batch b (frame decode: per-batch num_frames).
 // lse may be null (inference). Output rows are written in scalar_t.
 template <typename scalar_t, typename acc_t, typename Kern, typename LkOf>
@@ -186,42 +230,11 @@ void flash_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, O
       }
       pack_keys<Kern>(k.group(b, x, h), k.st, v.group(b, x, h), v.st, lk, d, norm, false, pack);
       for (int64_t i0 = 0; i0 < lq; i0 += kTileQ) {
-        const int64_t mq = std::min(kTileQ, lq - i0), mq4 = round_up(mq, 4);
+        const int64_t mq = std::min(kTileQ, lq - i0);
         pack_queries(q.group(b, x, h), q.st, i0, mq, d, dv, scale, norm, qt.data(), (acc_t*)nullptr,
                      (acc_t*)nullptr);
-        bool done = false;
-        if constexpr (Kern::kHasShort) {
-          if (lk <= Kern::kShortKeys && pack.lkp == Kern::kShortKeys) {  // short sequences: the fused tile
-            for (int64_t r = 0; r < mq; ++r) nvis[r] = visible_keys(i0 + r, lq, lk, p.causal);
-            Kern::attend_short(qt.data(), dv, pack.kt.data(), pack.vr.data(), d, mq, nvis.data(), ob.data(),
-                               m.data(), l.data());
-            done = true;
-          }
-        }
-        if (!done) {
-        std::fill(m.begin(), m.end(), -std::numeric_limits<acc_t>::infinity());
-        std::fill(l.begin(), l.end(), acc_t(0));
-        std::fill(ob.begin(), ob.begin() + mq4 * dv, acc_t(0));
-        const int64_t key_end = visible_keys(i0 + mq - 1, lq, lk, p.causal);
-        for (int64_t kb = 0; kb < key_end; kb += kTileK) {
-          const int64_t nk = std::min(kTileK, key_end - kb), nkp = round_up(nk, 16);
-          Kern::gemm(qt.data(), dv, pack.kt.data() + kb, pack.lkp, sc.data(), kTileK, mq4, nkp, d, false);
-          for (int64_t r = 0; r < mq4; ++r) {
-            acc_t* s = sc.data() + r * kTileK;
-            const int64_t nv = r < mq ? std::clamp<int64_t>(visible_keys(i0 + r, lq, lk, p.causal) - kb, 0, nk) : 0;
-            if (nv > 0) {
-              const acc_t m_new = std::max(m[r], Kern::max(s, nv));
-              const acc_t alpha = std::exp(m[r] - m_new);  // 0 on the first block (m = -inf)
-              if (alpha != acc_t(1) && l[r] != acc_t(0))  // nothing to rescale before the first visible key
-                for (int64_t i = 0; i < dv; ++i) ob[r * dv + i] *= alpha;
-              l[r] = l[r] * alpha + Kern::exp_shift(s, nv, m_new);
-              m[r] = m_new;
-            }
-            std::fill(s + nv, s + nkp, acc_t(0));
-          }
-          Kern::gemm(sc.data(), kTileK, pack.vr.data() + kb * dv, dv, ob.data(), dv, mq4, dv, nk, true);
-        }
-        }
+        if (!attend_short_tile<Kern>(p, pack, qt.data(), i0, mq, lk, nvis.data(), ob.data(), m.data(), l.data()))
+          attend_key_blocks<Kern>(p, pack, qt.data(), i0, mq, lk, sc.data(), ob.data(), m.data(), l.data());
         scalar_t* og = out.group(b, x, h);
         for (int64_t r = 0; r < mq; ++r) {
           const acc_t inv = acc_t(1) / l[r];
