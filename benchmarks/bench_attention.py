@@ -12,7 +12,8 @@ The methods run interleaved, `--repeats` times each, and medians are reported wi
 (the machine may be shared: only same-run ratios mean anything). Also reported: the achieved GFLOP/s of the
 spatial attention core (no layout changes; 4 * B*T*H * S^2 * D flops) for wmkernels and SDPA beside torch.mm of
 two 2048 x 2048 float32 matrices, and the peak memory of each method (high-water RSS of a fresh process that
-runs it once after a warm-up, above its RSS before the call: Linux VmHWM, reset through /proc/self/clear_refs).
+runs it once after a warm-up, above its RSS before the call: Linux VmHWM, reset through /proc/self/clear_refs;
+glibc mmap threshold fixed so RSS follows live tensors; median of 3 processes).
 
     .venv/bin/python benchmarks/bench_attention.py [--repeats 15] [--threads 2]
 """

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "common/attention.h"
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define WMK_HAVE_AVX2_PATH 1
@@ -37,6 +39,10 @@ struct PortableKernels {
         for (int64_t j = 0; j < n; ++j) crow[j] += av * brow[j];
       }
     }
+  }
+
+  static T layer_norm(T* x, int64_t n, const T* w, const T* b, T eps, T* xhat) {
+    return layer_norm_row(x, n, w, b, eps, xhat);
   }
 
   // dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols.
@@ -213,6 +219,39 @@ struct Avx2Kernels {
     alignas(32) float lanes[8];
     _mm256_store_ps(lanes, x);
     return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  }
+
+  // layer_norm_row (common/attention.h) on 8 lanes: the same two-pass statistics, summed in 8 partial sums.
+  WMK_AVX2 static float layer_norm(float* x, int64_t n, const float* w, const float* b, float eps, float* xhat) {
+    const int64_t n8 = n / 8 * 8;
+    __m256 s8 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n8; i += 8) s8 = _mm256_add_ps(s8, _mm256_loadu_ps(x + i));
+    float sum = hsum(s8);
+    for (int64_t i = n8; i < n; ++i) sum += x[i];
+    const float mean = sum / static_cast<float>(n);
+    const __m256 mean8 = _mm256_set1_ps(mean);
+    __m256 v8 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n8; i += 8) {
+      const __m256 c = _mm256_sub_ps(_mm256_loadu_ps(x + i), mean8);
+      v8 = _mm256_fmadd_ps(c, c, v8);
+    }
+    float var = hsum(v8);
+    for (int64_t i = n8; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
+    var /= static_cast<float>(n);
+    const float rstd = 1.0f / std::sqrt(var + eps);
+    const __m256 rstd8 = _mm256_set1_ps(rstd);
+    for (int64_t i = 0; i < n8; i += 8) {
+      const __m256 h = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mean8), rstd8);
+      if (xhat != nullptr) _mm256_storeu_ps(xhat + i, h);
+      const __m256 bias = b != nullptr ? _mm256_loadu_ps(b + i) : _mm256_setzero_ps();
+      _mm256_storeu_ps(x + i, _mm256_fmadd_ps(h, _mm256_loadu_ps(w + i), bias));
+    }
+    for (int64_t i = n8; i < n; ++i) {
+      const float h = (x[i] - mean) * rstd;
+      if (xhat != nullptr) xhat[i] = h;
+      x[i] = h * w[i] + (b != nullptr ? b[i] : 0.0f);
+    }
+    return rstd;
   }
 
   // dst[c * ldd + r] = src[r * lds + c], in 8x8 register blocks (a scalar loop for the edges).

@@ -46,7 +46,7 @@ void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, 
       const scalar_t* dog = dout.group(b, x, h);
       for (int64_t i0 = 0; i0 < lq; i0 += kTileQ) {
         const int64_t mq = std::min(kTileQ, lq - i0), mq4 = round_up(mq, 4);
-        pack_queries(q.group(b, x, h), q.st, i0, mq, d, dv, scale, norm, qt.data(), qhat.data(), qrstd.data());
+        pack_queries<Kern>(q.group(b, x, h), q.st, i0, mq, d, dv, scale, norm, qt.data(), qhat.data(), qrstd.data());
         for (int64_t r = 0; r < mq; ++r) {
           if (r + kPrefetchRows < mq) {
             prefetch_row(dog + (i0 + r + kPrefetchRows) * dout.st.l, dout.st.d, d);

@@ -128,7 +128,7 @@ void pack_keys(const scalar_t* k, const Roles& ks, const scalar_t* v, const Role
     load_row(k + j * ks.l, ks.d, d, dv, row);
     if (norm.on) {
       acc_t* xhat = backward ? pack.khat.data() + j * d : nullptr;
-      const acc_t rstd = layer_norm_row(row, d, norm.w.data(), norm.b.data(), norm.eps, xhat);
+      const acc_t rstd = Kern::layer_norm(row, d, norm.w.data(), norm.b.data(), norm.eps, xhat);
       if (backward) pack.krstd[j] = rstd;
     }
     load_row(v + j * vs.l, vs.d, d, dv, pack.vr.data() + j * dv);
@@ -141,7 +141,7 @@ void pack_keys(const scalar_t* k, const Roles& ks, const scalar_t* v, const Role
 }
 
 // Packs query rows i0 .. i0+mq-1 as scale * LayerNorm(q) into tile (mq4 x dv, zero-padded).
-template <typename scalar_t, typename acc_t>
+template <typename Kern, typename scalar_t, typename acc_t>
 void pack_queries(const scalar_t* q, const Roles& qs, int64_t i0, int64_t mq, int64_t d, int64_t dv, acc_t scale,
                   const Norm<acc_t>& norm, acc_t* tile, acc_t* qhat, acc_t* qrstd) {
   const int64_t mq4 = round_up(mq, 4);
@@ -150,8 +150,8 @@ void pack_queries(const scalar_t* q, const Roles& qs, int64_t i0, int64_t mq, in
     acc_t* row = tile + r * dv;
     load_row(q + (i0 + r) * qs.l, qs.d, d, dv, row);
     if (norm.on) {
-      const acc_t rstd = layer_norm_row(row, d, norm.w.data(), norm.b.data(), norm.eps,
-                                        qhat != nullptr ? qhat + r * d : nullptr);
+      const acc_t rstd = Kern::layer_norm(row, d, norm.w.data(), norm.b.data(), norm.eps,
+                                          qhat != nullptr ? qhat + r * d : nullptr);
       if (qrstd != nullptr) qrstd[r] = rstd;
     }
     for (int64_t i = 0; i < d; ++i) row[i] *= scale;
@@ -231,7 +231,7 @@ void flash_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, O
       pack_keys<Kern>(k.group(b, x, h), k.st, v.group(b, x, h), v.st, lk, d, norm, false, pack);
       for (int64_t i0 = 0; i0 < lq; i0 += kTileQ) {
         const int64_t mq = std::min(kTileQ, lq - i0);
-        pack_queries(q.group(b, x, h), q.st, i0, mq, d, dv, scale, norm, qt.data(), (acc_t*)nullptr,
+        pack_queries<Kern>(q.group(b, x, h), q.st, i0, mq, d, dv, scale, norm, qt.data(), (acc_t*)nullptr,
                      (acc_t*)nullptr);
         if (!attend_short_tile<Kern>(p, pack, qt.data(), i0, mq, lk, nvis.data(), ob.data(), m.data(), l.data()))
           attend_key_blocks<Kern>(p, pack, qt.data(), i0, mq, lk, sc.data(), ob.data(), m.data(), l.data());
