@@ -98,7 +98,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     using acc_t = acc_type_t<scalar_t>;
     const Norm<acc_t> norm = make_norm<acc_t>(weight, bias, eps, p.dim);
     const auto acc_opts = q.options().dtype(std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat);
-    at::Tensor dnorm = at::zeros({norm.on ? at::get_num_threads() : 0, 2, p.dim}, acc_opts);
+    // One slot per group (not per thread): the qk_norm gradients are then summed in group order, so they are
+    // bitwise the same for any thread count.
+    at::Tensor dnorm = at::zeros({norm.on ? num_groups(p) : 0, 2, p.dim}, acc_opts);
     const at::Tensor lse_c = lse.contiguous();
     with_kernels<acc_t>([&](auto kern) {
       cpu::flash_backward<scalar_t, acc_t, decltype(kern)>(
@@ -108,7 +110,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
           mut_operand<scalar_t>(dv, axis), norm, dnorm.data_ptr<acc_t>());
     });
     if (norm.on) {
-      const at::Tensor total = dnorm.sum(0);  // thread slots summed in a fixed order
+      at::Tensor total = at::zeros({2, p.dim}, acc_opts);
+      acc_t* sum = total.data_ptr<acc_t>();
+      const acc_t* slot = dnorm.const_data_ptr<acc_t>();
+      for (int64_t g = 0; g < num_groups(p); ++g)  // sequential: the order never depends on the threads
+        for (int64_t i = 0; i < 2 * p.dim; ++i) sum[i] += slot[g * 2 * p.dim + i];
       dw = total[0].to(weight->scalar_type(), /*non_blocking=*/false, /*copy=*/true);
       db = total[1].to(bias.has_value() ? bias->scalar_type() : weight->scalar_type(), false, true);
     }

@@ -2,13 +2,14 @@
 // Backward of the CPU flash-attention engine (see flash_cpu.h). Per group, dK and dV accumulate in fp32
 // tiles over all query tiles, so no two threads ever write the same row and the result is deterministic.
 // The probabilities are recomputed from the saved log-sum-exp: P = exp(scale * q.k - lse).
-// With the qk LayerNorm, dq and dk go back through it, and each thread sums its share of the weight and
-// bias gradients into its own slot of `dnorm` (summed by the caller in a fixed order).
+// With the qk LayerNorm, dq and dk go back through it, and each group sums its share of the weight and
+// bias gradients into its own slot of `dnorm` (summed by the caller in group order), so the result does not
+// depend on how the groups were split over threads.
 #include "attention/flash_cpu.h"
 
 namespace wmk::attention::cpu {
 
-// dnorm: (slots, 2, D) zeroed; slot = thread index.
+// dnorm: (groups, 2, D) zeroed when the qk LayerNorm is on; slot = group index.
 template <typename scalar_t, typename acc_t, typename Kern>
 void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, Operand<scalar_t> v,
                     Operand<scalar_t> out, Operand<scalar_t> dout, const acc_t* lse, Roles ls, MutOperand<scalar_t> dq,
@@ -19,8 +20,6 @@ void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, 
   const acc_t scale = static_cast<acc_t>(p.scale);
   const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, lq * lk));
   at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
-    acc_t* dw = norm.on ? dnorm + at::get_thread_num() * 2 * d : nullptr;
-    acc_t* db = norm.on ? dw + d : nullptr;
     KeyPack<acc_t> pack;
     pack.resize(lk, d, true, norm.on);
     const int64_t lkp = pack.lkp;
@@ -29,6 +28,8 @@ void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, 
         dkt(lkp * dv), dvt(lkp * dv), dx(d);
     for (int64_t g = begin; g < end; ++g) {
       const int64_t h = g % p.heads, x = (g / p.heads) % p.other, b = g / (p.heads * p.other);
+      acc_t* dw = norm.on ? dnorm + g * 2 * d : nullptr;
+      acc_t* db = norm.on ? dw + d : nullptr;
       if (g + 1 < end) {
         const int64_t hn = (g + 1) % p.heads, xn = ((g + 1) / p.heads) % p.other, bn = (g + 1) / (p.heads * p.other);
         // The first rows only: the packing loops prefetch the rest as they go (see prefetch_row).

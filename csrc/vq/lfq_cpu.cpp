@@ -10,9 +10,9 @@
 
 #include <atomic>
 #include <cmath>
-#include <functional>
 #include <limits>
 #include <tuple>
+#include <vector>
 
 #include "common/lfq.h"
 #include "vq/lfq.h"
@@ -124,22 +124,28 @@ std::tuple<at::Tensor, at::Tensor> lfq_entropy_loss_cpu(const at::Tensor& x, dou
   });
   // An empty batch has nothing to penalize: its loss is 0 (not the NaN of a mean over no samples).
   const double denom = p.rows > 0 ? static_cast<double>(p.rows) : 1.0;
-  // Normalize the table and take its entropy in one pass (double accumulation; 0 log 0 = 0).
+  // Normalize the table and take its entropy in one pass (double accumulation; 0 log 0 = 0). The partial sums
+  // are per fixed chunk and added in chunk order (not per thread, as at::parallel_reduce does), so the loss is
+  // bitwise the same for any thread count.
   double codebook_entropy = 0;
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "lfq_codebook_entropy_cpu", [&] {
     scalar_t* t = table.data_ptr<scalar_t>();
     const scalar_t inv = static_cast<scalar_t>(1.0 / denom);
-    codebook_entropy = at::parallel_reduce(
-        0, table.numel(), 1 << 14, 0.0,
-        [&](int64_t begin, int64_t end, double acc) {
-          for (int64_t i = begin; i < end; ++i) {
-            const scalar_t a = t[i] * inv;
-            t[i] = a;
-            if (a > 0) acc -= static_cast<double>(a) * std::log(static_cast<double>(a));
-          }
-          return acc;
-        },
-        std::plus<double>());
+    constexpr int64_t kChunk = 1 << 14;
+    const int64_t chunks = (table.numel() + kChunk - 1) / kChunk;
+    std::vector<double> partial(chunks, 0.0);
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        double acc = 0;
+        for (int64_t i = c * kChunk; i < std::min((c + 1) * kChunk, table.numel()); ++i) {
+          const scalar_t a = t[i] * inv;
+          t[i] = a;
+          if (a > 0) acc -= static_cast<double>(a) * std::log(static_cast<double>(a));
+        }
+        partial[c] = acc;
+      }
+    });
+    for (const double part : partial) codebook_entropy += part;
   });
   const double loss = entropy_sum / denom - diversity_gamma * codebook_entropy;
   return {at::full({}, loss, in.options()), table.view({-1})};

@@ -71,7 +71,7 @@ class TokenMetadata:
             s=_int_field(data, "s", path, minimum=1, default=FRAME_SIZE),
             token_dtype=str(data.get("token_dtype", DEFAULT_TOKEN_DTYPE)),
             vocab_size=_int_field(data, "vocab_size", path, minimum=1, default=IMAGE_VOCAB_SIZE),
-            hz=data.get("hz", DEFAULT_HZ),
+            hz=_int_field(data, "hz", path, minimum=1, default=DEFAULT_HZ),
             extra={k: v for k, v in data.items() if k not in known},
         )
         meta.check(path)
@@ -104,7 +104,7 @@ def read_metadata(directory: Path | str) -> TokenMetadata:
     if not path.is_file():
         raise TokenDataError(path, "missing file (every 1X-format dataset has metadata.json)")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise TokenDataError(path, f"not valid JSON ({err})") from None
     return TokenMetadata.from_json(data, path)

@@ -5,6 +5,7 @@ describes is reported by tensor name, with the config field that most likely dis
 """
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -48,24 +49,63 @@ def _order(name: str):
     return (name.startswith("decoder."), name)
 
 
+def _load_safetensors(path: Path, map_location) -> dict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as e:  # pragma: no cover - safetensors is a dependency of the models extra
+        raise ImportError(f"reading {path} needs the safetensors package (pip install safetensors)") from e
+    try:
+        return load_file(str(path), device=str(map_location))
+    except Exception as e:  # safetensors raises its own SafetensorError (and OSError) on a bad file
+        raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from e
+
+
+def _load_torch_file(path: Path, map_location) -> dict:
+    """A torch file read with weights_only=True: tensors and plain containers only, never arbitrary objects."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses any global it does not allow-list: a class, or a function such as os.system
+        # that a crafted pickle would call while loading. Nothing of the file has run. (torch's own message goes
+        # on to suggest weights_only=False, which is exactly what must not be done with such a file: keep only
+        # its diagnosis.)
+        detail = next((line.strip() for line in str(e).splitlines() if "unsupported" in line.lower()), "")
+        if "global" in detail.lower():
+            raise CheckpointError(
+                f"{path} was refused: it holds Python objects other than tensors, which loading would have to run "
+                f"(torch.load(weights_only=True) refuses them; re-save the state dict, or use safetensors): "
+                f"{detail}") from e
+        raise CheckpointError(f"{path} is not a readable torch file (corrupt or truncated?): {detail or e}") from e
+    except Exception as e:  # a truncated zip, a file that is not a torch file, ...
+        raise CheckpointError(f"{path} is not a readable torch file (corrupt or truncated?): {e}") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict")
+    return state
+
+
 def read_state_dict(directory: Path, map_location="cpu") -> dict:
-    st = directory / SAFETENSORS_NAME
-    if st.is_file():
-        try:
-            from safetensors.torch import load_file
-        except ImportError as e:  # pragma: no cover - safetensors is a dependency of the models extra
-            raise ImportError(f"reading {st} needs the safetensors package (pip install safetensors)") from e
-        return load_file(str(st), device=str(map_location))
-    for name in TORCH_NAMES:
-        path = directory / name
-        if path.is_file():
-            state = torch.load(path, map_location=map_location, weights_only=True)
-            if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-                state = state["state_dict"]
-            if not isinstance(state, dict):
-                raise CheckpointError(f"{path} holds a {type(state).__name__}, expected a state dict")
-            return state
-    raise FileNotFoundError(f"{directory} has no weights: expected {SAFETENSORS_NAME} or one of {list(TORCH_NAMES)}")
+    """The tensors of directory/model.safetensors (preferred) or of the first torch file of TORCH_NAMES.
+
+    Every value must be a floating-point tensor; a file that cannot be read raises CheckpointError naming it.
+    """
+    path = directory / SAFETENSORS_NAME
+    if path.is_file():
+        state = _load_safetensors(path, map_location)
+    else:
+        path = next((directory / name for name in TORCH_NAMES if (directory / name).is_file()), None)
+        if path is None:
+            raise FileNotFoundError(
+                f"{directory} has no weights: expected {SAFETENSORS_NAME} or one of {list(TORCH_NAMES)}")
+        state = _load_torch_file(path, map_location)
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor")
+        if not value.dtype.is_floating_point:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {value.dtype}; the model's weights are "
+                                  "floating point")
+    return state
 
 
 def check_state_dict(model: torch.nn.Module, state: dict, source: str = "checkpoint") -> None:

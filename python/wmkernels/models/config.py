@@ -57,6 +57,14 @@ class STMaskGITConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"config.{name} must be a positive int, got {value!r}")
+        for name in ("use_mup", "qkv_bias", "proj_bias", "qk_norm", "mlp_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"config.{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or not (
+                0 < self.mlp_ratio < float("inf")):
+            raise ValueError(f"config.mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+        if not isinstance(self.training, dict):
+            raise ValueError(f"config.training must be an object, got {self.training!r}")
         if self.d_model % self.num_heads:
             raise ValueError(f"config.d_model={self.d_model} is not divisible by config.num_heads={self.num_heads}")
         side = math.isqrt(self.S)
@@ -106,7 +114,10 @@ class STMaskGITConfig:
         unknown = sorted(set(data) - fields - set(training) - {"training"})
         if unknown:
             warnings.warn(f"config fields {unknown} are not GENIE STMaskGIT fields; ignoring them", stacklevel=2)
-        training.update(data.get("training", {}))
+        extra = data.get("training", {})
+        if not isinstance(extra, dict):
+            raise ValueError(f"config.training must be an object, got {extra!r}")
+        training.update(extra)
         return cls(**kwargs, training=training)
 
     def to_dict(self) -> dict:
@@ -117,14 +128,18 @@ class STMaskGITConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "STMaskGITConfig":
-        with open(path) as f:
-            try:
+        """Read GENIE's config.json; every problem (not JSON, not UTF-8, a bad field) raises ValueError naming it."""
+        try:
+            with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} is not valid JSON: {e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as e:  # e.g. "num_layers": "2", "training": 5
+            raise ValueError(f"{path}: {e}") from e
 
     def save_json(self, path: str | Path) -> None:
         with open(path, "w") as f:

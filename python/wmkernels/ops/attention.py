@@ -23,6 +23,7 @@ the log-sum-exp saved, the backward recomputing the probabilities).
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -111,6 +112,8 @@ def _scale(q: torch.Tensor, scale) -> float:
         return q.shape[-1] ** -0.5
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if not math.isfinite(scale):  # checked here too, so that every backend refuses it (not only C++/CUDA)
+        raise ValueError(f"scale must be finite, got {scale}")
     return float(scale)
 
 
@@ -242,6 +245,14 @@ def frame_decode_attention(
                          "device: it is read there, without a sync)")
     scale = _scale(q, scale)
     impl = _gpu_path(op, _backend.select(backend, q.device, op), q.device, q.shape[-1])
+    if impl == "reference" and num_frames.device.type == "cpu":
+        # The C++ kernel checks the counts itself; on CPU tensors the reference checks them here (there is no
+        # sync to avoid). On a GPU, and in Triton (whose CPU interpreter stands in for the GPU), they are clamped.
+        t_max = k_cache.shape[1]
+        bad = (num_frames < 1) | (num_frames > t_max)
+        if bool(bad.any()):
+            value = int(num_frames.reshape(-1)[bad.reshape(-1)][0])
+            raise ValueError(f"{op}: num_frames must lie in [1, T_max = {t_max}], got {value}")
     if impl == "reference":
         from wmkernels.reference import attention as reference
 

@@ -46,12 +46,16 @@ def frame_decode_attention(
 
     q: (B, S, H, D), the current frame's queries. k_cache, v_cache: (B, T_max, S, H, D), holding valid frames at
     0 .. num_frames - 1 (the current frame's own K/V already written at num_frames - 1).
-    num_frames: integer tensor, () or (B,), in [1, T_max]. Each query (b, s, h) attends over k_cache[b, :n_b, s, h].
+    num_frames: integer tensor, () or (B,), in [1, T_max] (values outside are clamped to it).
+    Each query (b, s, h) attends over k_cache[b, :n_b, s, h].
     Returns (B, S, H, D). The mask is built from the tensor, so the call needs no host synchronisation.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     t_max = k_cache.shape[1]
     scores = torch.einsum("bshd,btshd->bsht", q, k_cache) * scale
-    valid = torch.arange(t_max, device=q.device) < num_frames.reshape(-1, 1).to(q.device)  # (B or 1, T_max)
+    # Counts outside [1, T_max] are clamped, as the GPU kernels do (they cannot raise without a host sync; the
+    # wrapper raises for CPU tensors): no count gives an all-masked row (NaN) or reads past the cache.
+    frames = num_frames.reshape(-1, 1).to(q.device).clamp(1, t_max)
+    valid = torch.arange(t_max, device=q.device) < frames  # (B or 1, T_max)
     scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
     return torch.einsum("bsht,btshd->bshd", torch.softmax(scores, dim=-1), v_cache)

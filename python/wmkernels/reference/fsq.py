@@ -55,7 +55,8 @@ def fsq_decode(indices: torch.Tensor, levels: Sequence[int], dtype=torch.float32
     size = 1
     for v in levels:
         size *= int(v)
-    if indices.numel() and (bool((indices < 0).any()) or bool((indices >= size).any())):
+    wide = indices.to(torch.int64)  # an int32 compared with a codebook size past 2^31 would wrap
+    if indices.numel() and (bool((wide < 0).any()) or bool((wide >= size).any())):
         raise IndexError(f"fsq_decode: indices must lie in [0, prod(levels) = {size})")
     lv = torch.tensor(list(levels), dtype=torch.int64, device=indices.device)
     digits = (indices.to(torch.int64).unsqueeze(-1) // _basis(levels, indices.device)) % lv

@@ -10,8 +10,9 @@ def factorize_tokens(tokens: torch.Tensor, factored_vocab_size: int = 512, num_f
     Factor j is `(tokens // factored_vocab_size**j) % factored_vocab_size`.
     """
     vocab = factored_vocab_size**num_factors
-    if tokens.numel() and (bool((tokens < 0).any()) or bool((tokens >= vocab).any())):
-        bad = tokens[(tokens < 0) | (tokens >= vocab)].reshape(-1)[0].item()
+    wide = tokens.to(torch.int64)  # an int32 compared with a vocabulary past 2^31 would wrap
+    if tokens.numel() and (bool((wide < 0).any()) or bool((wide >= vocab).any())):
+        bad = wide[(wide < 0) | (wide >= vocab)].reshape(-1)[0].item()
         raise ValueError(f"factorize_tokens: tokens must lie in [0, {vocab}), found {bad}")
     powers = factored_vocab_size ** torch.arange(num_factors, device=tokens.device, dtype=torch.int64)
     return ((tokens.unsqueeze(-1).to(torch.int64) // powers) % factored_vocab_size).to(tokens.dtype)
