@@ -7,6 +7,7 @@
 #   make wheel-test   install the wheels as a user would, outside the source tree, and smoke-test them
 #   make install-check  `pip install .` (isolated build, no flags) into a clean venv holding only torch
 #   make sanitize     CPU kernels built with AddressSanitizer + UBSan, CPU test suite run under them
+#   make fuzz         the property-based fuzz tests (tests/fuzz) with the long budget (FUZZ_EXAMPLES per test)
 #   make bench        micro-benchmarks (pytest-benchmark)
 
 SHELL := /bin/bash
@@ -33,7 +34,7 @@ RAW := build/wheels-raw
 AUDIT_EXCLUDES := $(foreach lib,libc10.so libtorch.so libtorch_cpu.so libtorch_python.so libgomp.so.1 \
                     libc10_cuda.so libtorch_cuda.so libcudart.so.13 libnvrtc.so.13,--exclude $(lib))
 
-.PHONY: sanitize demo test test-cpu cuda-wheel cuda-check install install-check wheel wheel-cpu sdist wheel-test bench clean
+.PHONY: sanitize fuzz demo test test-cpu cuda-wheel cuda-check install install-check wheel wheel-cpu sdist wheel-test bench clean
 
 # --- environments ---------------------------------------------------------------------------
 $(VENV)/.deps-$(TORCH_CPU)-v2:
@@ -101,7 +102,11 @@ install-check:
 
 # --- sanitizers: the CPU kernels under ASan + UBSan -------------------------------------------------------
 ASAN_VENV ?= .venv-asan
-SANITIZE_TESTS ?= tests/ops tests/nn tests/test_registry.py tests/test_backend.py
+# Every CPU test that runs the kernels: the ops, layers, model and samplers, the fuzz tests (ci budget) and the
+# determinism and thread tests (the RSS test is left out: ASan's shadow memory makes RSS meaningless).
+SANITIZE_TESTS ?= tests/ops tests/nn tests/models tests/sampling tests/fuzz tests/reliability/test_determinism.py \
+                  tests/reliability/test_threads.py tests/reliability/test_safe_loading.py tests/test_registry.py \
+                  tests/test_backend.py
 ASAN_RUNTIME = $(shell gcc -print-file-name=libasan.so):$(shell gcc -print-file-name=libubsan.so)
 $(ASAN_VENV)/.deps-$(TORCH_CPU)-v2:
 	$(PYTHON) -m venv $(ASAN_VENV)
@@ -115,6 +120,12 @@ sanitize: $(ASAN_VENV)/.deps-$(TORCH_CPU)-v2
 	LD_PRELOAD="$(ASAN_RUNTIME)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1 \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 WMK_SANITIZED=1 \
 	  $(ASAN_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not gpu and not slow" $(SANITIZE_TESTS)
+
+# --- fuzzing: tests/fuzz with many random cases per test (the default suite runs a fixed 100) ---------------
+FUZZ_EXAMPLES ?= 1000
+fuzz: install
+	WMK_FUZZ_PROFILE=fuzz WMK_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/fuzz -q --hypothesis-show-statistics \
+	  $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only

@@ -68,7 +68,9 @@ def test_vq_encode_picks_a_nearest_code(backend, case):
     mag = x64.pow(2).sum(-1) + codebook.double().nan_to_num(0).pow(2).sum(-1).max() + 1e-30
     tol = 8 * c["d"] * 2.0**-23 * (mag if c["metric"] == "l2" else 2 + 0 * mag)
     assert (chosen - best <= tol).all(), f"not a nearest code: {(chosen - best).max()} > {tol.max()}"
-    if c["k"] > 1 and torch.equal(codebook[0], codebook[-1]):
+    # The C++ kernel computes every code's score with the same FMA sequence, so equal codes tie exactly and the
+    # lowest index wins; the reference's matmul may round equal rows differently (DESIGN.md allows either there).
+    if backend == "auto" and c["k"] > 1 and torch.equal(codebook[0], codebook[-1]):
         assert not (flat_idx[ok] == c["k"] - 1).any(), "an exact tie must go to the lowest index"
     assert torch.allclose(flat_dist[ok].double(), chosen, rtol=1e-4, atol=float(tol.max()))
 

@@ -21,6 +21,16 @@ class FactorizedEmbedding(nn.Module):
         self.mask_token_embed = nn.Parameter(torch.zeros(1, d_model))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # A token outside [0, V**F) would silently embed as its digits modulo V. On CPU the range is checked here
+        # (it costs no synchronisation); on a GPU the per-step path must stay sync-free and CUDA-graph capturable,
+        # so the tokens are checked where they enter: STMaskGIT.compute_logits / check_tokens, maskgit_generate
+        # and autoregressive_generate (their prompts; the sampled tokens are in range by construction).
+        if tokens.device.type == "cpu" and tokens.numel() and not torch.compiler.is_compiling():
+            top = self.factored_vocab_size**self.num_factored_vocabs
+            bad = ((tokens < 0) | (tokens >= top)) & (tokens != self.mask_token_id)
+            if bool(bad.any()):
+                raise IndexError(f"tokens must lie in [0, {top}) or equal the mask token id {self.mask_token_id}; "
+                                 f"found {int(tokens[bad].reshape(-1)[0])}")
         is_mask = (tokens == self.mask_token_id).unsqueeze(-1)
         # The mask id is out of the vocabulary: give it digit 0s (any valid index) and replace it afterwards, so
         # no data-dependent indexing (host synchronisation) is needed.

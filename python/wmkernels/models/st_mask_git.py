@@ -140,22 +140,28 @@ class STMaskGIT(nn.Module):
     def prefill(self, tokens: torch.Tensor, cache: FrameKVCache) -> None:
         """Store the K/V of frames tokens (B, T0, S) (no mask tokens) at cache frames 0 .. T0-1; num_frames = T0."""
         t0 = tokens.shape[1]
+        if not 1 <= t0 <= cache.max_frames:
+            raise ValueError(f"prefill: tokens hold {t0} frames; the cache takes 1 to T_max = {cache.max_frames}")
         x = self._embed(tokens, self.pos_embed_TSC[:, :t0])
         self.decoder.forward_prefill(x, cache, need_output=False)
         cache.num_frames.fill_(t0)
+        cache.host_frames = t0
 
     def decode_logits(self, frame: torch.Tensor, cache: FrameKVCache) -> torch.Tensor:
         """Logits (B, S, F*V) of frame (B, S) (mask tokens allowed) at position cache.num_frames.
 
         Its K/V go into the cache's working slot; num_frames is left unchanged.
         """
+        cache.check_free_slot("decode_logits")
         position = cache.position()
         x = self._embed(frame.unsqueeze(1), self.pos_embed_TSC.index_select(1, position))
         return self._readout(self.decoder.forward_decode(x, cache, position)).squeeze(1)
 
     def commit_frame(self, frame: torch.Tensor, cache: FrameKVCache) -> None:
         """Store the K/V of the finished frame (B, S) at position cache.num_frames and count it."""
+        cache.check_free_slot("commit_frame")
         position = cache.position()
         x = self._embed(frame.unsqueeze(1), self.pos_embed_TSC.index_select(1, position))
         self.decoder.forward_decode(x, cache, position, need_output=False)
         cache.num_frames.add_(1)
+        cache.host_frames += 1

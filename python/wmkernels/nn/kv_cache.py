@@ -23,6 +23,10 @@ class FrameKVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.num_frames = torch.zeros((), dtype=torch.long, device=device)
+        # The same count kept on the host by STMaskGIT.prefill / commit_frame, so that a write past T_max is refused
+        # with a Python exception before any kernel runs (on a GPU an out-of-range slot would be a device-side
+        # assert) without reading num_frames back from the device.
+        self.host_frames = 0
 
     @classmethod
     def for_model(cls, model, batch_size: int, *, dtype: torch.dtype | None = None) -> "FrameKVCache":
@@ -52,3 +56,10 @@ class FrameKVCache:
     def reset(self) -> None:
         """Forget every frame (the buffers keep their storage; stale slots are masked by `num_frames`)."""
         self.num_frames.zero_()
+        self.host_frames = 0
+
+    def check_free_slot(self, op: str) -> None:
+        """Raise IndexError when all T_max slots hold committed frames (a host-side check: no sync)."""
+        if self.host_frames >= self.max_frames:
+            raise IndexError(f"{op}: the FrameKVCache holds {self.host_frames} committed frames, its T_max = "
+                             f"{self.max_frames}: no slot is left for a new frame (slide the window or reset it)")
