@@ -27,8 +27,9 @@ inline void check_codebook(const at::Tensor& codebook, const char* op) {
   TORCH_CHECK_VALUE(codebook.size(0) >= 1 && codebook.size(1) >= 1, op,
                     ": codebook must hold at least one code of at least one dimension, got an empty codebook "
                     "of shape ", codebook.sizes());
-  TORCH_CHECK_VALUE(codebook.size(0) <= std::numeric_limits<int32_t>::max(), op,
-                    ": codebook holds more than 2^31 - 1 codes: ", codebook.size(0));
+  // The CPU search keeps code indices in int32, codes padded to whole panels of up to 64: keep them all below 2^31.
+  TORCH_CHECK_VALUE(codebook.size(0) <= std::numeric_limits<int32_t>::max() - 64, op,
+                    ": codebook holds more than 2^31 - 65 codes: ", codebook.size(0));
 }
 
 // Returns (indices int64 (...), distances float32 (...)) for x (..., D).
