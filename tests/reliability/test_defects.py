@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import wmkernels
+from tests.reliability.test_determinism import with_threads
 from wmkernels import reference
 
 
@@ -35,15 +36,6 @@ def test_reference_attention_refuses_a_non_finite_scale(scale):
         wmkernels.spatial_attention(q, q, q, scale, backend="reference")
 
 
-def _with_threads(n, fn):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        return fn()
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_qk_norm_gradients_do_not_depend_on_the_thread_count():
     # Per-thread partial sums of d(weight), d(bias) were added in a thread-count-dependent grouping.
     def grads():
@@ -53,12 +45,12 @@ def test_qk_norm_gradients_do_not_depend_on_the_thread_count():
         wmkernels.temporal_attention(q, k, v, qk_norm_weight=w, qk_norm_bias=b).sum().backward()
         return w.grad, b.grad
 
-    one, two = _with_threads(1, grads), _with_threads(2, grads)
+    one, two = with_threads(1, grads), with_threads(2, grads)
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
 
 
 def test_lfq_entropy_loss_float64_does_not_depend_on_the_thread_count():
     # at::parallel_reduce summed one partial per thread: visible in float64 from 15 bits (2^15-entry tables) up.
     x = 0.01 * torch.randn(3000, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert torch.equal(_with_threads(1, lambda: wmkernels.lfq_entropy_loss(x)),
-                       _with_threads(2, lambda: wmkernels.lfq_entropy_loss(x)))
+    assert torch.equal(with_threads(1, lambda: wmkernels.lfq_entropy_loss(x)),
+                       with_threads(2, lambda: wmkernels.lfq_entropy_loss(x)))
