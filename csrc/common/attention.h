@@ -30,6 +30,11 @@ WMK_HOST_DEVICE T layer_norm_row(T* x, int64_t n, const T* w, const T* b, T eps,
   T mean = 0;
   for (int64_t d = 0; d < n; ++d) mean += x[d];
   mean /= static_cast<T>(n);
+  // One correction pass: the rounded sum can leave mean a few ulps off, and for a (near-)constant row that
+  // offset is all of x - mean, which the 1/sqrt(var + eps) below then amplifies up to 1/sqrt(eps) times.
+  T correction = 0;
+  for (int64_t d = 0; d < n; ++d) correction += x[d] - mean;
+  mean += correction / static_cast<T>(n);
   T var = 0;
   for (int64_t d = 0; d < n; ++d) var += (x[d] - mean) * (x[d] - mean);
   var /= static_cast<T>(n);

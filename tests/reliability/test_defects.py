@@ -54,3 +54,30 @@ def test_lfq_entropy_loss_float64_does_not_depend_on_the_thread_count():
     x = 0.01 * torch.randn(3000, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert torch.equal(with_threads(1, lambda: wmkernels.lfq_entropy_loss(x)),
                        with_threads(2, lambda: wmkernels.lfq_entropy_loss(x)))
+
+
+def test_qk_norm_of_a_constant_row_keeps_reference_accuracy():
+    # The rounded mean of a constant row left x - mean a few ulps off zero, which the LayerNorm's 1/sqrt(eps)
+    # amplified 300x: the output was ~100x further from the float64 reference than the float32 reference is.
+    import torch.nn.functional as F
+
+    from wmkernels.reference import attention as ref
+
+    from tests.fuzz.strategies import randn
+    from tests.fuzz.test_fuzz_attention import make_inputs
+
+    # The case the fuzzer found: q expanded along the head dim (every entry of a row equal).
+    case = dict(shape=(1, 2, 1, 1, 8), tk=2, dtype=torch.float32, layouts=["expanded", "contiguous", "contiguous"],
+                seed=0)
+    q, k, v = make_inputs(case)
+    assert q.stride(-1) == 0
+    w = (1 + 0.3 * randn((8,), torch.float64, 5)).float()
+
+    def reference_out(q, k, v, w):
+        q, k = F.layer_norm(q, (8,), w, None, 1e-5), F.layer_norm(k, (8,), w, None, 1e-5)
+        return ref.temporal_attention(q, k, v, False)
+
+    out = wmkernels.temporal_attention(q, k, v, False, qk_norm_weight=w)
+    ref64 = reference_out(q.double(), k.double(), v.double(), w.double())
+    ref32_err = (reference_out(q, k, v, w).double() - ref64).abs().max().item()
+    assert (out.double() - ref64).abs().max().item() <= 2 * ref32_err + 16 * torch.finfo(torch.float32).eps
