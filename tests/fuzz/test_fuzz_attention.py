@@ -87,7 +87,19 @@ def test_attention_forward_backward_match_reference(case):
     asx = [t.detach().clone().requires_grad_() for t in leaves]
     unpack = lambda ts: (*ts[:3], ts[3] if w is not None else None, ts[4] if bias is not None else None)  # noqa: E731
     ref64, ref_x = reference(c, *unpack(as64)), reference(c, *unpack(asx))
-    assert_rule(out.detach(), ref64.detach(), ref_x.detach(), 2, f"{c['axis']} forward {c['dtype']}")
+    # Rounding allowance: exp(s) carries a relative error of about |s| ulps, so it grows with the largest score
+    # (this is all that is left of the rule in float64, where the reference-in-dtype IS the float64 reference).
+    def row_norm(t):
+        return t.detach().double().norm(dim=-1).max().item() if t.numel() else 0.0
+
+    if w is not None:  # LayerNorm output rows have norm <= sqrt(D) max|w| + |b|
+        qn = kn = d**0.5 * w.double().abs().max().item() + (row_norm(bias) if bias is not None else 0.0)
+    else:
+        qn, kn = row_norm(q), row_norm(k)
+    s_max = abs(c["scale"] if c["scale"] is not None else d**-0.5) * qn * kn
+    v_max = v.detach().double().abs().max().item() if v.numel() else 1.0
+    assert_rule(out.detach(), ref64.detach(), ref_x.detach(), 2, f"{c['axis']} forward {c['dtype']}",
+                magnitude=max(1.0, s_max) * v_max)
     if out.numel() == 0:
         return
     grad = randn(out.shape, c["dtype"], c["seed"] + 3)
