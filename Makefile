@@ -1,7 +1,8 @@
 # wmkernels: every set-up step lives here, so a fresh machine needs only `make demo` or `make test`.
 #
 #   make demo         virtual environment + torch 2.13.0 (CPU) + the package, then the main job
-#   make test         the same set-up, the whole test suite, the CUDA build check, then the wheel tests
+#   make test         the same set-up, the whole test suite, the CUDA build check, the wheel tests, then the
+#                     CPU kernels' tests under ASan + UBSan (make sanitize)
 #   make cuda-check   build against torch 2.14.1+cu130 with WMK_CUDA=ON and verify the kernels without a GPU
 #   make wheel        dist/: CPU wheel (+cpu, torch 2.13.0), CUDA wheel (+cu130, torch 2.14.1), sdist
 #   make wheel-test   install the wheels as a user would, outside the source tree, and smoke-test them
@@ -58,7 +59,7 @@ demo: install
 	$(PY) -m wmkernels
 	$(VENV)/bin/wmk-bench --preset tiny --out out/demo
 
-test: test-cpu cuda-check wheel-test
+test: test-cpu cuda-check wheel-test sanitize
 
 test-cpu: install
 	$(PY) -m pytest $(PYTEST_ARGS)
