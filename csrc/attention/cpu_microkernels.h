@@ -228,7 +228,15 @@ struct Avx2Kernels {
     for (int64_t i = 0; i < n8; i += 8) s8 = _mm256_add_ps(s8, _mm256_loadu_ps(x + i));
     float sum = hsum(s8);
     for (int64_t i = n8; i < n; ++i) sum += x[i];
-    const float mean = sum / static_cast<float>(n);
+    float mean = sum / static_cast<float>(n);
+    // The mean-correction pass of layer_norm_row (a constant row must normalize to zeros, not to rounding noise
+    // amplified by 1/sqrt(eps)).
+    __m256 c8 = _mm256_setzero_ps();
+    const __m256 mean0 = _mm256_set1_ps(mean);
+    for (int64_t i = 0; i < n8; i += 8) c8 = _mm256_add_ps(c8, _mm256_sub_ps(_mm256_loadu_ps(x + i), mean0));
+    float correction = hsum(c8);
+    for (int64_t i = n8; i < n; ++i) correction += x[i] - mean;
+    mean += correction / static_cast<float>(n);
     const __m256 mean8 = _mm256_set1_ps(mean);
     __m256 v8 = _mm256_setzero_ps();
     for (int64_t i = 0; i < n8; i += 8) {
