@@ -72,7 +72,17 @@ __device__ __forceinline__ acc_t norm_row(acc_t (&x)[C], acc_t (&xhat)[C], const
   acc_t s = 0;
 #pragma unroll
   for (int c = 0; c < C; ++c) s += x[c];
-  const acc_t mean = warp_sum(s) / static_cast<acc_t>(dim);
+  acc_t mean = warp_sum(s) / static_cast<acc_t>(dim);
+  // One correction pass, as layer_norm_row (common/attention.h) has: the rounded sum can leave mean a few ulps
+  // off, and for a (near-)constant row that offset is all of x - mean, which rstd then amplifies up to
+  // 1/sqrt(eps) times.
+  acc_t corr = 0;
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int64_t d = lane + 32 * c;
+    corr += d < dim ? x[c] - mean : acc_t(0);
+  }
+  mean += warp_sum(corr) / static_cast<acc_t>(dim);
   acc_t v = 0;
 #pragma unroll
   for (int c = 0; c < C; ++c) {

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import wmkernels
+from tests.helpers import backend_params
 from tests.reliability.test_determinism import with_threads
 from wmkernels import reference
 
@@ -56,7 +57,8 @@ def test_lfq_entropy_loss_float64_does_not_depend_on_the_thread_count():
                        with_threads(2, lambda: wmkernels.lfq_entropy_loss(x)))
 
 
-def test_qk_norm_of_a_constant_row_keeps_reference_accuracy():
+@pytest.mark.parametrize("device,backend", backend_params())
+def test_qk_norm_of_a_constant_row_keeps_reference_accuracy(device, backend):
     # The rounded mean of a constant row left x - mean a few ulps off zero, which the LayerNorm's 1/sqrt(eps)
     # amplified 300x: the output was ~100x further from the float64 reference than the float32 reference is.
     import torch.nn.functional as F
@@ -77,7 +79,8 @@ def test_qk_norm_of_a_constant_row_keeps_reference_accuracy():
         q, k = F.layer_norm(q, (8,), w, None, 1e-5), F.layer_norm(k, (8,), w, None, 1e-5)
         return ref.temporal_attention(q, k, v, False)
 
-    out = wmkernels.temporal_attention(q, k, v, False, qk_norm_weight=w)
+    out = wmkernels.temporal_attention(q.to(device), k.to(device), v.to(device), False,
+                                       qk_norm_weight=w.to(device), backend=backend).cpu()
     ref64 = reference_out(q.double(), k.double(), v.double(), w.double())
     ref32_err = (reference_out(q, k, v, w).double() - ref64).abs().max().item()
     assert (out.double() - ref64).abs().max().item() <= 2 * ref32_err + 16 * torch.finfo(torch.float32).eps
