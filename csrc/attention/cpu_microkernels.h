@@ -214,7 +214,7 @@ struct Avx2Kernels {
     return _mm_cvtss_f32(h);
   }
 
-  // Sum of the 8 lanes in the pairwise order exp_shift uses, so both paths give the same bits.
+  // Sum of the 8 lanes in a fixed pairwise order (exp_shift and the short tile alike).
   WMK_AVX2 static inline float hsum(__m256 x) {
     alignas(32) float lanes[8];
     _mm256_store_ps(lanes, x);
@@ -307,10 +307,7 @@ struct Avx2Kernels {
     }
     m8 = _mm256_max_ps(_mm256_max_ps(m8, m8b), _mm256_max_ps(m8c, m8d));
     for (; j + 8 <= n; j += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(x + j));
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, m8);
-    float m = lanes[0];
-    for (int l = 1; l < 8; ++l) m = lanes[l] > m ? lanes[l] : m;
+    float m = hmax(m8);
     for (; j < n; ++j) m = x[j] > m ? x[j] : m;
     return m;
   }
@@ -333,9 +330,7 @@ struct Avx2Kernels {
       _mm256_maskstore_ps(x + j, mask, e_masked);
       sum8 = _mm256_add_ps(sum8, e_masked);
     }
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, sum8);
-    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    return hsum(sum8);
   }
 };
 #undef WMK_AVX2

@@ -24,8 +24,6 @@ namespace wmk::attention::cpu {
 
 constexpr int64_t kTileQ = 32;
 constexpr int64_t kTileK = 256;
-constexpr int64_t kPrefetchGroups = 1;
-
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 template <typename scalar_t>
@@ -221,8 +219,8 @@ void flash_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, O
     for (int64_t g = begin; g < end; ++g) {
       const int64_t h = g % p.heads, x = (g / p.heads) % p.other, b = g / (p.heads * p.other);
       const int64_t lk = lk_of(b);
-      if (g + kPrefetchGroups < end) {
-        const int64_t gn = g + kPrefetchGroups;
+      if (g + 1 < end) {
+        const int64_t gn = g + 1;
         const int64_t hn = gn % p.heads, xn = (gn / p.heads) % p.other, bn = gn / (p.heads * p.other);
         prefetch_rows(q.group(bn, xn, hn), std::min(lq, kPrefetchRows), q.st.l, q.st.d, d);
         prefetch_rows(k.group(bn, xn, hn), std::min(lk_of(bn), kPrefetchRows), k.st.l, k.st.d, d);
