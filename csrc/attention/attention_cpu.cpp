@@ -6,10 +6,13 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
 #include <tuple>
 
 #include "attention/attention.h"
 #include "attention/cpu_microkernels.h"
+#include "attention/cpu_microkernels_avx512.h"
 #include "attention/flash_backward_cpu.h"
 #include "attention/flash_cpu.h"
 
@@ -39,13 +42,45 @@ Norm<acc_t> make_norm(const c10::optional<at::Tensor>& weight, const c10::option
   return norm;
 }
 
-// Calls f(Kernels) with the fastest kernel set usable for acc_t on this CPU.
+// The instruction set of the float kernels: the widest this CPU runs, or the one $WMK_ATTN_ISA names
+// (portable, avx2, avx512), for tests and benchmarks; naming one the CPU lacks is an error, not a fallback.
+enum class Isa { kPortable, kAvx2, kAvx512 };
+
+Isa float_isa() {
+#if WMK_HAVE_AVX2_PATH
+  static const bool has_avx512 = cpu::Avx512Kernels::usable();
+  static const bool has_avx2 = cpu::Avx2Kernels::usable();
+#else
+  constexpr bool has_avx512 = false, has_avx2 = false;
+#endif
+  const char* forced = std::getenv("WMK_ATTN_ISA");
+  if (forced != nullptr && *forced != '\0') {
+    const std::string name(forced);
+    if (name == "portable") return Isa::kPortable;
+    if (name == "avx2") {
+      TORCH_CHECK(has_avx2, "WMK_ATTN_ISA=avx2 but this CPU or build has no AVX2+FMA kernels");
+      return Isa::kAvx2;
+    }
+    TORCH_CHECK_VALUE(name == "avx512", "WMK_ATTN_ISA must be portable, avx2 or avx512, got '", name, "'");
+    TORCH_CHECK(has_avx512, "WMK_ATTN_ISA=avx512 but this CPU or build has no AVX-512 kernels");
+    return Isa::kAvx512;
+  }
+  return has_avx512 ? Isa::kAvx512 : (has_avx2 ? Isa::kAvx2 : Isa::kPortable);
+}
+
+// Calls f(Kernels) with the kernel set chosen for acc_t (float64 always runs the portable loops).
 template <typename acc_t, typename F>
 void with_kernels(F&& f) {
 #if WMK_HAVE_AVX2_PATH
   if constexpr (std::is_same_v<acc_t, float>) {
-    static const bool avx2 = cpu::Avx2Kernels::usable();
-    if (avx2) return f(cpu::Avx2Kernels{});
+    switch (float_isa()) {
+      case Isa::kAvx512:
+        return f(cpu::Avx512Kernels{});
+      case Isa::kAvx2:
+        return f(cpu::Avx2Kernels{});
+      case Isa::kPortable:
+        break;
+    }
   }
 #endif
   f(cpu::PortableKernels<acc_t>{});

@@ -24,6 +24,7 @@ namespace wmk::attention::cpu {
 template <typename T>
 struct PortableKernels {
   static constexpr bool kHasShort = false;
+  static constexpr bool kHasGemmTn = false;
   static bool usable() { return true; }
 
   // C[M x N] (+)= A[M x K] * B[K x N].
@@ -51,6 +52,22 @@ struct PortableKernels {
       for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
   }
 
+  static T dot(const T* a, const T* b, int64_t n) {
+    T s = 0;
+    for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+    return s;
+  }
+
+  // dst[i] = src[i] * s (dst may be src).
+  static void scale(const T* src, int64_t n, T s, T* dst) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * s;
+  }
+
+  // The softmax backward on one row: p[j] <- p[j] * (dp[j] - delta).
+  static void softmax_grad(T* p, const T* dp, int64_t n, T delta) {
+    for (int64_t j = 0; j < n; ++j) p[j] = p[j] * (dp[j] - delta);
+  }
+
   static T max(const T* x, int64_t n) {
     T m = -std::numeric_limits<T>::infinity();
     for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
@@ -73,6 +90,7 @@ struct PortableKernels {
 
 struct Avx2Kernels {
   static constexpr bool kHasShort = true;
+  static constexpr bool kHasGemmTn = false;
   static constexpr int64_t kShortKeys = 16;
   static bool usable() {
     __builtin_cpu_init();
@@ -293,6 +311,30 @@ struct Avx2Kernels {
         for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + (c + i) * ldd + r, y[i]);
       }
     }
+  }
+
+  WMK_AVX2 static float dot(const float* a, const float* b, int64_t n) {
+    __m256 s8 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) s8 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s8);
+    float s = hsum(s8);
+    for (; i < n; ++i) s += a[i] * b[i];
+    return s;
+  }
+
+  WMK_AVX2 static void scale(const float* src, int64_t n, float s, float* dst) {
+    const __m256 s8 = _mm256_set1_ps(s);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_mul_ps(_mm256_loadu_ps(src + i), s8));
+    for (; i < n; ++i) dst[i] = src[i] * s;
+  }
+
+  WMK_AVX2 static void softmax_grad(float* p, const float* dp, int64_t n, float delta) {
+    const __m256 d8 = _mm256_set1_ps(delta);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+      _mm256_storeu_ps(p + j, _mm256_mul_ps(_mm256_loadu_ps(p + j), _mm256_sub_ps(_mm256_loadu_ps(dp + j), d8)));
+    for (; j < n; ++j) p[j] = p[j] * (dp[j] - delta);
   }
 
   WMK_AVX2 static float max(const float* x, int64_t n) {

@@ -9,6 +9,19 @@
 
 namespace wmk::attention::cpu {
 
+// C[nkp x n] += A^T B for the mq4 x nkp tile A (leading dimension lda): straight from A where the kernels
+// read it transposed, else through the scratch `at` (nkp x kTileQ).
+template <typename Kern, typename acc_t>
+inline void gemm_at_b(const acc_t* a, int64_t lda, int64_t mq4, int64_t nkp, acc_t* at, const acc_t* b, int64_t n,
+                      acc_t* c, int64_t ldc) {
+  if constexpr (Kern::kHasGemmTn) {
+    Kern::gemm_tn(a, lda, b, n, c, ldc, nkp, n, mq4, true);
+  } else {
+    Kern::transpose(a, lda, mq4, nkp, at, kTileQ);
+    Kern::gemm(at, kTileQ, b, n, c, ldc, nkp, n, mq4, true);
+  }
+}
+
 // dnorm: (groups, 2, D) zeroed when the qk LayerNorm is on; slot = group index.
 template <typename scalar_t, typename acc_t, typename Kern>
 void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, Operand<scalar_t> v,
@@ -55,9 +68,7 @@ void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, 
           }
           load_row(dog + (i0 + r) * dout.st.l, dout.st.d, d, dv, dot.data() + r * dv);
           load_row(og + (i0 + r) * out.st.l, out.st.d, d, dv, row.data());
-          acc_t s = 0;  // delta = rowsum(dO * O), the softmax backward's correction
-          for (int64_t i = 0; i < d; ++i) s += dot[r * dv + i] * row[i];
-          delta[r] = s;
+          delta[r] = Kern::dot(dot.data() + r * dv, row.data(), d);  // rowsum(dO * O): the softmax backward's shift
           lrow[r] = lse[b * ls.b + x * ls.x + (i0 + r) * ls.l + h * ls.h];
         }
         std::fill(dot.begin() + mq * dv, dot.begin() + mq4 * dv, acc_t(0));
@@ -73,32 +84,29 @@ void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, 
             std::fill(s + nv, s + nkp, acc_t(0));
           }
           // dV += P^T dO
-          Kern::transpose(sc.data(), kTileK, mq4, nkp, pt.data(), kTileQ);
-          Kern::gemm(pt.data(), kTileQ, dot.data(), dv, dvt.data() + kb * dv, dv, nkp, dv, mq4, true);
+          gemm_at_b<Kern>(sc.data(), kTileK, mq4, nkp, pt.data(), dot.data(), dv, dvt.data() + kb * dv, dv);
           // dS = P * (dO V^T - delta)
           Kern::gemm(dot.data(), dv, pack.vt.data() + kb, lkp, dp.data(), kTileK, mq4, nkp, d, false);
           for (int64_t r = 0; r < mq4; ++r) {
             acc_t* s = sc.data() + r * kTileK;
             const acc_t* dpr = dp.data() + r * kTileK;
-            const acc_t dl = r < mq ? delta[r] : acc_t(0);
-            for (int64_t j = 0; j < nkp; ++j) s[j] = s[j] * (dpr[j] - dl);
+            Kern::softmax_grad(s, dpr, nkp, r < mq ? delta[r] : acc_t(0));
           }
           // dQs += dS K, dK += dS^T Qs (Qs already holds the scale)
           Kern::gemm(sc.data(), kTileK, pack.kr.data() + kb * dv, dv, dqt.data(), dv, mq4, dv, nk, true);
-          Kern::transpose(sc.data(), kTileK, mq4, nkp, pt.data(), kTileQ);
-          Kern::gemm(pt.data(), kTileQ, qt.data(), dv, dkt.data() + kb * dv, dv, nkp, dv, mq4, true);
+          gemm_at_b<Kern>(sc.data(), kTileK, mq4, nkp, pt.data(), qt.data(), dv, dkt.data() + kb * dv, dv);
         }
         scalar_t* dqg = dq.group(b, x, h);
         for (int64_t r = 0; r < mq; ++r) {
           acc_t* g_row = dqt.data() + r * dv;
-          for (int64_t i = 0; i < d; ++i) g_row[i] *= scale;
-          const acc_t* src = g_row;
-          if (norm.on) {
-            layer_norm_row_backward(g_row, qhat.data() + r * d, d, norm.w.data(), qrstd[r], dx.data(), dw, db);
-            src = dx.data();
-          }
           scalar_t* dst = dqg + (i0 + r) * dq.st.l;
-          for (int64_t i = 0; i < d; ++i) dst[i * dq.st.d] = static_cast<scalar_t>(src[i]);
+          if (norm.on) {
+            Kern::scale(g_row, d, scale, g_row);
+            layer_norm_row_backward(g_row, qhat.data() + r * d, d, norm.w.data(), qrstd[r], dx.data(), dw, db);
+            store_row<Kern>(dx.data(), d, acc_t(1), dst, dq.st.d);
+          } else {
+            store_row<Kern>(g_row, d, scale, dst, dq.st.d);
+          }
         }
       }
       scalar_t* dkg = dk.group(b, x, h);
@@ -109,10 +117,8 @@ void flash_backward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, 
           layer_norm_row_backward(src, pack.khat.data() + j * d, d, norm.w.data(), pack.krstd[j], dx.data(), dw, db);
           src = dx.data();
         }
-        for (int64_t i = 0; i < d; ++i) {
-          dkg[j * dk.st.l + i * dk.st.d] = static_cast<scalar_t>(src[i]);
-          dvg[j * dv_.st.l + i * dv_.st.d] = static_cast<scalar_t>(dvt[j * dv + i]);
-        }
+        store_row<Kern>(src, d, acc_t(1), dkg + j * dk.st.l, dk.st.d);
+        store_row<Kern>(dvt.data() + j * dv, d, acc_t(1), dvg + j * dv_.st.l, dv_.st.d);
       }
     }
   });

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "attention/attention.h"
@@ -43,12 +44,23 @@ struct MutOperand {
 // Converts one row of D values (stride sd) into acc_t, zero-padding to `padded`.
 template <typename scalar_t, typename acc_t>
 inline void load_row(const scalar_t* src, int64_t sd, int64_t d, int64_t padded, acc_t* dst) {
-  if (sd == 1) {
+  if (std::is_same_v<scalar_t, acc_t> && sd == 1) {
+    std::memcpy(dst, src, d * sizeof(acc_t));
+  } else if (sd == 1) {
     for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<acc_t>(src[i]);
   } else {
     for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<acc_t>(src[i * sd]);
   }
   for (int64_t i = d; i < padded; ++i) dst[i] = 0;
+}
+
+// dst[i * sd] = src[i] * mul for i < d, converted to scalar_t.
+template <typename Kern, typename scalar_t, typename acc_t>
+inline void store_row(const acc_t* src, int64_t d, acc_t mul, scalar_t* dst, int64_t sd) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (sd == 1) return Kern::scale(src, d, mul, dst);
+  }
+  for (int64_t i = 0; i < d; ++i) dst[i * sd] = static_cast<scalar_t>(src[i] * mul);
 }
 
 // Starts loading one row of D values into cache (rows with a unit stride only).
@@ -152,7 +164,7 @@ void pack_queries(const scalar_t* q, const Roles& qs, int64_t i0, int64_t mq, in
                                           qhat != nullptr ? qhat + r * d : nullptr);
       if (qrstd != nullptr) qrstd[r] = rstd;
     }
-    for (int64_t i = 0; i < d; ++i) row[i] *= scale;
+    Kern::scale(row, d, scale, row);
   }
   std::fill(tile + mq * dv, tile + mq4 * dv, acc_t(0));
 }
@@ -201,6 +213,70 @@ bool attend_short_tile(const Problem& p, const KeyPack<acc_t>& pack, const acc_t
   return false;
 }
 
+// The forward for sequences of at most Kern::kShortKeys keys (temporal attention over T <= 16 frames, frame
+// decoding), one position (b, x) at a time with all its heads. A short group is too little work to hide the
+// latency of its own rows, which lie a whole frame apart, but the rows of every head of one frame lie next to
+// each other: so the rows are packed frame by frame across the heads, and the next position's rows are
+// prefetched while this one's are packed.
+template <typename scalar_t, typename acc_t, typename Kern, typename LkOf>
+void short_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, Operand<scalar_t> v,
+                   MutOperand<scalar_t> out, acc_t* lse, Roles ls, const Norm<acc_t>& norm, LkOf lk_of) {
+  constexpr int64_t kK = Kern::kShortKeys, kQ = 16;
+  const int64_t heads = p.heads, d = p.dim, dv = round_up(d, 16), lq = p.lq;
+  const acc_t scale = static_cast<acc_t>(p.scale);
+  at::parallel_for(0, p.batch * p.other, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> kr(heads * kK * dv), kt(heads * dv * kK), vr(heads * kK * dv), qt(heads * kQ * dv),
+        ob(kQ * dv), m(kQ), l(kQ);
+    std::vector<int64_t> nvis(kQ);
+    for (int64_t pos = begin; pos < end; ++pos) {
+      const int64_t x = pos % p.other, b = pos / p.other, lk = lk_of(b);
+      const bool next = pos + 1 < end;
+      const int64_t xn = (pos + 1) % p.other, bn = (pos + 1) / p.other;
+      for (int64_t j = 0; j < lk; ++j) {
+        for (int64_t h = 0; h < heads; ++h) {
+          if (next && j < lk_of(bn)) {
+            prefetch_row(k.group(bn, xn, h) + j * k.st.l, k.st.d, d);
+            prefetch_row(v.group(bn, xn, h) + j * v.st.l, v.st.d, d);
+          }
+          acc_t* row = kr.data() + (h * kK + j) * dv;
+          load_row(k.group(b, x, h) + j * k.st.l, k.st.d, d, dv, row);
+          if (norm.on) Kern::layer_norm(row, d, norm.w.data(), norm.b.data(), norm.eps, (acc_t*)nullptr);
+          load_row(v.group(b, x, h) + j * v.st.l, v.st.d, d, dv, vr.data() + (h * kK + j) * dv);
+        }
+      }
+      for (int64_t h = 0; h < heads; ++h) {
+        if (lk < kK) {  // keys past lk read as zeros (stale rows of a longer position would be masked anyway)
+          std::fill(kr.begin() + (h * kK + lk) * dv, kr.begin() + (h + 1) * kK * dv, acc_t(0));
+          std::fill(vr.begin() + (h * kK + lk) * dv, vr.begin() + (h + 1) * kK * dv, acc_t(0));
+        }
+        Kern::transpose(kr.data() + h * kK * dv, dv, kK, dv, kt.data() + h * dv * kK, kK);
+      }
+      for (int64_t i0 = 0; i0 < lq; i0 += kQ) {
+        const int64_t mq = std::min(kQ, lq - i0);
+        for (int64_t r = 0; r < mq; ++r) {
+          for (int64_t h = 0; h < heads; ++h) {
+            if (next) prefetch_row(q.group(bn, xn, h) + (i0 + r) * q.st.l, q.st.d, d);
+            acc_t* row = qt.data() + (h * kQ + r) * dv;
+            load_row(q.group(b, x, h) + (i0 + r) * q.st.l, q.st.d, d, dv, row);
+            if (norm.on) Kern::layer_norm(row, d, norm.w.data(), norm.b.data(), norm.eps, (acc_t*)nullptr);
+            Kern::scale(row, d, scale, row);
+          }
+          nvis[r] = visible_keys(i0 + r, lq, lk, p.causal);
+        }
+        for (int64_t h = 0; h < heads; ++h) {
+          Kern::attend_short(qt.data() + h * kQ * dv, dv, kt.data() + h * dv * kK, vr.data() + h * kK * dv, d, mq,
+                             nvis.data(), ob.data(), m.data(), l.data());
+          scalar_t* og = out.group(b, x, h);
+          for (int64_t r = 0; r < mq; ++r) {
+            store_row<Kern>(ob.data() + r * dv, d, acc_t(1) / l[r], og + (i0 + r) * out.st.l, out.st.d);
+            if (lse != nullptr) lse[b * ls.b + x * ls.x + (i0 + r) * ls.l + h * ls.h] = m[r] + std::log(l[r]);
+          }
+        }
+      }
+    }
+  });
+}
+
 // Forward of one call. lk_of(b) gives the number of keys of batch b (frame decode: per-batch num_frames).
 // lse may be null (inference). Output rows are written in scalar_t.
 template <typename scalar_t, typename acc_t, typename Kern, typename LkOf>
@@ -208,6 +284,10 @@ void flash_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, O
                    MutOperand<scalar_t> out, acc_t* lse, Roles ls, const Norm<acc_t>& norm, LkOf lk_of) {
   const int64_t groups = num_groups(p);
   if (groups == 0 || p.lq == 0) return;
+  if constexpr (Kern::kHasShort) {
+    if (round_up(std::max<int64_t>(p.lk, 1), 16) == Kern::kShortKeys)
+      return short_forward<scalar_t, acc_t, Kern>(p, q, k, v, out, lse, ls, norm, lk_of);
+  }
   const int64_t d = p.dim, dv = round_up(d, 16), lq = p.lq;
   const acc_t scale = static_cast<acc_t>(p.scale);
   const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, lq * p.lk));
@@ -235,13 +315,7 @@ void flash_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, O
           attend_key_blocks<Kern>(p, pack, qt.data(), i0, mq, lk, sc.data(), ob.data(), m.data(), l.data());
         scalar_t* og = out.group(b, x, h);
         for (int64_t r = 0; r < mq; ++r) {
-          const acc_t inv = acc_t(1) / l[r];
-          scalar_t* orow = og + (i0 + r) * out.st.l;
-          if (out.st.d == 1) {  // the usual case (outputs are contiguous): a loop the compiler vectorizes
-            for (int64_t i = 0; i < d; ++i) orow[i] = static_cast<scalar_t>(ob[r * dv + i] * inv);
-          } else {
-            for (int64_t i = 0; i < d; ++i) orow[i * out.st.d] = static_cast<scalar_t>(ob[r * dv + i] * inv);
-          }
+          store_row<Kern>(ob.data() + r * dv, d, acc_t(1) / l[r], og + (i0 + r) * out.st.l, out.st.d);
           if (lse != nullptr) lse[b * ls.b + x * ls.x + (i0 + r) * ls.l + h * ls.h] = m[r] + std::log(l[r]);
         }
       }

@@ -94,8 +94,68 @@ def cases():
 @pytest.mark.parametrize("layout", ["fused", "contiguous", "transposed"])
 @pytest.mark.parametrize("qk_norm", [False, True], ids=["plain", "qk_norm"])
 def test_forward_and_backward_match_reference(device, backend, axis, shape, layout, qk_norm):
+    dtypes = DTYPES.get(f"{device}-{'cpp' if backend == 'auto' else backend}", [torch.float32, torch.float16])
+    check_forward_and_backward(device, backend, axis, shape, layout, qk_norm, dtypes)
+
+
+def cpu_isas():
+    """The CPU kernels' instruction sets ($WMK_ATTN_ISA); one this CPU lacks skips with the reason."""
+    params = []
+    for isa in ("avx512", "avx2", "portable"):
+        reason = None
+        try:
+            with _isa(isa):
+                wmkernels.spatial_attention(*(torch.ones(1, 1, 1, 1, 8),) * 3)
+        except RuntimeError as e:
+            reason = str(e).splitlines()[0]
+        params.append(pytest.param(isa, id=isa, marks=pytest.mark.skipif(reason is not None, reason=str(reason))))
+    return params
+
+
+class _isa:
+    def __init__(self, isa):
+        self.isa, self.old = isa, None
+
+    def __enter__(self):
+        import os
+
+        self.old = os.environ.get("WMK_ATTN_ISA")
+        os.environ["WMK_ATTN_ISA"] = self.isa
+
+    def __exit__(self, *exc):
+        import os
+
+        if self.old is None:
+            os.environ.pop("WMK_ATTN_ISA", None)
+        else:
+            os.environ["WMK_ATTN_ISA"] = self.old
+
+
+# Shapes that reach every path of each instruction set: whole and partial key blocks, the short (<= 16 frame)
+# temporal path and the general one, head dims below, at and above one register row.
+ISA_CASES = [("spatial", (2, 1, 257, 2, 32)), ("spatial", (1, 2, 7, 3, 40)), ("spatial", (1, 1, 33, 2, 16)),
+             ("temporal", (2, 16, 9, 3, 32)), ("temporal", (1, 17, 3, 2, 64)), ("temporal", (1, 5, 4, 2, 24))]
+
+
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("axis,shape", ISA_CASES, ids=[f"{a}-{s}" for a, s in ISA_CASES])
+@pytest.mark.parametrize("layout", ["fused", "transposed"])
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["plain", "qk_norm"])
+def test_every_cpu_isa_matches_reference(isa, axis, shape, layout, qk_norm):
+    with _isa(isa):
+        check_forward_and_backward("cpu", "auto", axis, shape, layout, qk_norm, [torch.float32])
+
+
+def test_unknown_isa_is_refused(monkeypatch):
+    monkeypatch.setenv("WMK_ATTN_ISA", "sse9")
+    q = torch.ones(1, 1, 2, 1, 8)
+    with pytest.raises(ValueError, match="WMK_ATTN_ISA must be portable, avx2 or avx512, got 'sse9'"):
+        wmkernels.spatial_attention(q, q, q)
+
+
+def check_forward_and_backward(device, backend, axis, shape, layout, qk_norm, dtypes):
     causal = axis == "temporal"
-    for dtype in DTYPES.get(f"{device}-{'cpp' if backend == 'auto' else backend}", [torch.float32, torch.float16]):
+    for dtype in dtypes:
         q, k, v = make_qkv(shape, dtype, layout, device=device)
         w, b = make_norm(shape[-1], dtype, device=device) if qk_norm else (None, None)
         leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)] + (
@@ -186,6 +246,13 @@ def test_compile_fullgraph_forward_and_backward():
     (gc,) = torch.autograd.grad(out.sum(), qkv)
     (ge,) = torch.autograd.grad(expected.sum(), qkv)
     torch.testing.assert_close(gc, ge)
+
+
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("per_batch", [False, True])
+def test_frame_decode_every_cpu_isa(isa, per_batch):
+    with _isa(isa):
+        test_frame_decode_matches_reference("cpu", "auto", per_batch)
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS)
