@@ -138,11 +138,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     at::Tensor dnorm = at::zeros({norm.on ? num_groups(p) : 0, 2, p.dim}, acc_opts);
     const at::Tensor lse_c = lse.contiguous();
     with_kernels<acc_t>([&](auto kern) {
-      cpu::flash_backward<scalar_t, acc_t, decltype(kern)>(
-          p, operand<scalar_t>(q, axis), operand<scalar_t>(k, axis), operand<scalar_t>(v, axis),
-          operand<scalar_t>(out, axis), operand<scalar_t>(grad_out, axis), lse_c.data_ptr<acc_t>(),
-          roles_of(lse_c, axis), mut_operand<scalar_t>(dq, axis), mut_operand<scalar_t>(dk, axis),
-          mut_operand<scalar_t>(dv, axis), norm, dnorm.data_ptr<acc_t>());
+      const cpu::BackwardArgs<scalar_t, acc_t> args{
+          operand<scalar_t>(q, axis),         operand<scalar_t>(k, axis),         operand<scalar_t>(v, axis),
+          operand<scalar_t>(out, axis),       operand<scalar_t>(grad_out, axis),  lse_c.data_ptr<acc_t>(),
+          roles_of(lse_c, axis),              mut_operand<scalar_t>(dq, axis),    mut_operand<scalar_t>(dk, axis),
+          mut_operand<scalar_t>(dv, axis),    &norm,                              dnorm.data_ptr<acc_t>()};
+      cpu::flash_backward<scalar_t, acc_t, decltype(kern)>(p, args);
     });
     if (norm.on) {
       at::Tensor total = at::zeros({2, p.dim}, acc_opts);
@@ -181,6 +182,15 @@ at::Tensor frame_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_c
     using acc_t = acc_type_t<scalar_t>;
     const Norm<acc_t> norm;
     with_kernels<acc_t>([&](auto kern) {
+      using Kern = decltype(kern);
+      if constexpr (Kern::kHasDecodeRow && std::is_same_v<scalar_t, float>) {
+        if (t_max <= 16 && k_cache.stride(4) == 1 && v_cache.stride(4) == 1 && out.stride(3) == 1)
+          return cpu::decode_forward<Kern>(p, operand<float>(q5, Axis::kTemporal),
+                                           operand<float>(k_cache, Axis::kTemporal),
+                                           operand<float>(v_cache, Axis::kTemporal),
+                                           mut_operand<float>(out5, Axis::kTemporal), norm,
+                                           [&](int64_t b) { return nf[per_batch ? b : 0]; });
+      }
       cpu::flash_forward<scalar_t, acc_t, decltype(kern)>(
           p, operand<scalar_t>(q5, Axis::kTemporal), operand<scalar_t>(k_cache, Axis::kTemporal),
           operand<scalar_t>(v_cache, Axis::kTemporal), mut_operand<scalar_t>(out5, Axis::kTemporal),

@@ -25,6 +25,7 @@ template <typename T>
 struct PortableKernels {
   static constexpr bool kHasShort = false;
   static constexpr bool kHasGemmTn = false;
+  static constexpr bool kHasDecodeRow = false;
   static bool usable() { return true; }
 
   // C[M x N] (+)= A[M x K] * B[K x N].
@@ -91,6 +92,7 @@ struct PortableKernels {
 struct Avx2Kernels {
   static constexpr bool kHasShort = true;
   static constexpr bool kHasGemmTn = false;
+  static constexpr bool kHasDecodeRow = false;
   static constexpr int64_t kShortKeys = 16;
   static bool usable() {
     __builtin_cpu_init();

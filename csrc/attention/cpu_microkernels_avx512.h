@@ -173,6 +173,56 @@ struct Avx512Kernels : Avx2Kernels {
     return hsum16(_mm512_add_ps(sum0, sum1));
   }
 
+  // r[j] = the sum of the 16 lanes of a[j], for j < 16: a transpose folded into a tree of adds.
+  WMK_AVX512 static inline __m512 sum_lanes16(const __m512 (&a)[16]) {
+    __m512 b[8], c[4];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i)  // 128-bit lane L of b[i]: a[2i], a[2i+1] interleaved, two partial sums each
+      b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i)  // lane L of c[i]: the sums over lane L of a[4i .. 4i+3]
+      c[i] = _mm512_add_ps(_mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0x44), _mm512_shuffle_ps(b[2 * i], b[2 * i + 1], 0xEE));
+    const __m512 d0 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+    const __m512 d1 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x88), _mm512_shuffle_f32x4(c[2], c[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
+  }
+
+  // Frame decoding's one query row against lk <= 16 cached keys, read in place: q (dv values, scale and
+  // LayerNorm applied, zero past d); key/value row j at k + j * ksj, v + j * vsj (d contiguous floats each).
+  // Writes softmax(q k^T) v to out (d floats).
+  static constexpr bool kHasDecodeRow = true;
+  WMK_AVX512 static void decode_row(const float* q, const float* k, int64_t ksj, const float* v, int64_t vsj,
+                                    int64_t lk, int64_t d, float* out) {
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < d; c += 16) {
+      const __mmask16 mask = first_lanes(d - c);
+      const __m512 qc = _mm512_loadu_ps(q + c);
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; ++j)
+        if (j < lk) acc[j] = _mm512_fmadd_ps(qc, _mm512_maskz_loadu_ps(mask, k + j * ksj + c), acc[j]);
+    }
+    const __mmask16 vis = first_lanes(lk);
+    const __m512 s = sum_lanes16(acc);
+    const float mx = _mm512_mask_reduce_max_ps(vis, s);
+    const __m512 e = _mm512_maskz_mov_ps(vis, exp16(_mm512_sub_ps(s, _mm512_set1_ps(mx))));
+    const __m512 inv = _mm512_set1_ps(1.0f / hsum16(e));
+    alignas(64) float p[16];
+    _mm512_store_ps(p, e);
+    for (int64_t c = 0; c < d; c += 16) {
+      const __mmask16 mask = first_lanes(d - c);
+      __m512 o0 = _mm512_setzero_ps(), o1 = _mm512_setzero_ps();  // two chains: even and odd keys
+      int64_t j = 0;
+      for (; j + 2 <= lk; j += 2) {
+        o0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(mask, v + j * vsj + c), o0);
+        o1 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), _mm512_maskz_loadu_ps(mask, v + (j + 1) * vsj + c), o1);
+      }
+      if (j < lk) o0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(mask, v + j * vsj + c), o0);
+      _mm512_mask_storeu_ps(out + c, mask, _mm512_mul_ps(_mm512_add_ps(o0, o1), inv));
+    }
+  }
+
   // Avx2Kernels::attend_short with one zmm per row of 16 scores and 8 rows per register tile.
   WMK_AVX512 static void attend_short(const float* qt, int64_t dv, const float* kt, const float* vr, int64_t d,
                                       int64_t mq, const int64_t* nvis, float* ob, float* m, float* l) {

@@ -123,26 +123,27 @@ struct KeyPack {
   }
 };
 
-// Packs keys/values 0..lk-1 of one group; the caller sized `pack` for the call's largest lk. Rows go
-// row-major first (contiguous loads and stores), then through the kernels' block transpose.
+// Key/value row j of one group into the pack (row-major; the qk LayerNorm applied to the key, its
+// normalized row and 1/std kept for the backward).
 template <typename Kern, typename scalar_t, typename acc_t>
-void pack_keys(const scalar_t* k, const Roles& ks, const scalar_t* v, const Roles& vs, int64_t lk, int64_t d,
-               const Norm<acc_t>& norm, bool backward, KeyPack<acc_t>& pack) {
-  const int64_t lkp = pack.lkp, dv = pack.dv;
-  for (int64_t j = 0; j < lk; ++j) {
-    if (j + kPrefetchRows < lk) {
-      prefetch_row(k + (j + kPrefetchRows) * ks.l, ks.d, d);
-      prefetch_row(v + (j + kPrefetchRows) * vs.l, vs.d, d);
-    }
-    acc_t* row = pack.kr.data() + j * dv;
-    load_row(k + j * ks.l, ks.d, d, dv, row);
-    if (norm.on) {
-      acc_t* xhat = backward ? pack.khat.data() + j * d : nullptr;
-      const acc_t rstd = Kern::layer_norm(row, d, norm.w.data(), norm.b.data(), norm.eps, xhat);
-      if (backward) pack.krstd[j] = rstd;
-    }
-    load_row(v + j * vs.l, vs.d, d, dv, pack.vr.data() + j * dv);
+inline void pack_key_row(const scalar_t* k_row, int64_t ksd, const scalar_t* v_row, int64_t vsd, int64_t j, int64_t d,
+                         const Norm<acc_t>& norm, bool backward, KeyPack<acc_t>& pack) {
+  const int64_t dv = pack.dv;
+  acc_t* row = pack.kr.data() + j * dv;
+  load_row(k_row, ksd, d, dv, row);
+  if (norm.on) {
+    acc_t* xhat = backward ? pack.khat.data() + j * d : nullptr;
+    const acc_t rstd = Kern::layer_norm(row, d, norm.w.data(), norm.b.data(), norm.eps, xhat);
+    if (backward) pack.krstd[j] = rstd;
   }
+  load_row(v_row, vsd, d, dv, pack.vr.data() + j * dv);
+}
+
+// Once rows 0..lk-1 are packed: zero the padding keys and transpose K (and V for the backward) through the
+// kernels' block transpose.
+template <typename Kern, typename acc_t>
+inline void finish_keys(int64_t lk, bool backward, KeyPack<acc_t>& pack) {
+  const int64_t lkp = pack.lkp, dv = pack.dv;
   // Stale keys past lk (a shorter group after a longer one) must read as zeros in the padded tiles.
   std::fill(pack.kr.begin() + lk * dv, pack.kr.end(), acc_t(0));
   std::fill(pack.vr.begin() + lk * dv, pack.vr.end(), acc_t(0));
@@ -150,21 +151,42 @@ void pack_keys(const scalar_t* k, const Roles& ks, const scalar_t* v, const Role
   if (backward) Kern::transpose(pack.vr.data(), dv, lkp, dv, pack.vt.data(), lkp);
 }
 
-// Packs query rows i0 .. i0+mq-1 as scale * LayerNorm(q) into tile (mq4 x dv, zero-padded).
+// Packs keys/values 0..lk-1 of one group; the caller sized `pack` for the call's largest lk.
+template <typename Kern, typename scalar_t, typename acc_t>
+void pack_keys(const scalar_t* k, const Roles& ks, const scalar_t* v, const Roles& vs, int64_t lk, int64_t d,
+               const Norm<acc_t>& norm, bool backward, KeyPack<acc_t>& pack) {
+  for (int64_t j = 0; j < lk; ++j) {
+    if (j + kPrefetchRows < lk) {
+      prefetch_row(k + (j + kPrefetchRows) * ks.l, ks.d, d);
+      prefetch_row(v + (j + kPrefetchRows) * vs.l, vs.d, d);
+    }
+    pack_key_row<Kern>(k + j * ks.l, ks.d, v + j * vs.l, vs.d, j, d, norm, backward, pack);
+  }
+  finish_keys<Kern>(lk, backward, pack);
+}
+
+// One query row as scale * LayerNorm(q) into `row` (dv values, zero-padded); qhat/qrstd (may be null) get
+// the normalized row and 1/std for the backward.
+template <typename Kern, typename scalar_t, typename acc_t>
+inline void pack_query_row(const scalar_t* q_row, int64_t qsd, int64_t d, int64_t dv, acc_t scale,
+                           const Norm<acc_t>& norm, acc_t* row, acc_t* qhat, acc_t* qrstd) {
+  load_row(q_row, qsd, d, dv, row);
+  if (norm.on) {
+    const acc_t rstd = Kern::layer_norm(row, d, norm.w.data(), norm.b.data(), norm.eps, qhat);
+    if (qrstd != nullptr) *qrstd = rstd;
+  }
+  Kern::scale(row, d, scale, row);
+}
+
+// Packs query rows i0 .. i0+mq-1 into tile (mq4 x dv, zero-padded).
 template <typename Kern, typename scalar_t, typename acc_t>
 void pack_queries(const scalar_t* q, const Roles& qs, int64_t i0, int64_t mq, int64_t d, int64_t dv, acc_t scale,
                   const Norm<acc_t>& norm, acc_t* tile, acc_t* qhat, acc_t* qrstd) {
   const int64_t mq4 = round_up(mq, 4);
   for (int64_t r = 0; r < mq; ++r) {
     if (r + kPrefetchRows < mq) prefetch_row(q + (i0 + r + kPrefetchRows) * qs.l, qs.d, d);
-    acc_t* row = tile + r * dv;
-    load_row(q + (i0 + r) * qs.l, qs.d, d, dv, row);
-    if (norm.on) {
-      const acc_t rstd = Kern::layer_norm(row, d, norm.w.data(), norm.b.data(), norm.eps,
-                                          qhat != nullptr ? qhat + r * d : nullptr);
-      if (qrstd != nullptr) qrstd[r] = rstd;
-    }
-    Kern::scale(row, d, scale, row);
+    pack_query_row<Kern>(q + (i0 + r) * qs.l, qs.d, d, dv, scale, norm, tile + r * dv,
+                         qhat != nullptr ? qhat + r * d : nullptr, qrstd != nullptr ? qrstd + r : nullptr);
   }
   std::fill(tile + mq * dv, tile + mq4 * dv, acc_t(0));
 }
@@ -213,58 +235,66 @@ bool attend_short_tile(const Problem& p, const KeyPack<acc_t>& pack, const acc_t
   return false;
 }
 
-// The forward for sequences of at most Kern::kShortKeys keys (temporal attention over T <= 16 frames, frame
-// decoding), one position (b, x) at a time with all its heads. A short group is too little work to hide the
-// latency of its own rows, which lie a whole frame apart, but the rows of every head of one frame lie next to
-// each other: so the rows are packed frame by frame across the heads, and the next position's rows are
-// prefetched while this one's are packed.
+// Short sequences (temporal attention over T <= 16 frames, frame decoding) go a position (b, x) at a time,
+// with all its heads: one group is too little work to hide the latency of its own rows, which lie a frame
+// apart, but the rows of every head of one frame lie next to each other. So rows are read frame by frame
+// across the heads, and the next position's rows are prefetched while this one's are read.
+constexpr int64_t kShortTileQ = 16;
+
+template <typename scalar_t>
+struct NextPosition {
+  bool valid;
+  int64_t b, x;
+  NextPosition(int64_t pos, int64_t end, int64_t other) : valid(pos + 1 < end), b((pos + 1) / other), x((pos + 1) % other) {}
+  // Row i of every head of operand t at the next position.
+  void prefetch(const Operand<scalar_t>& t, int64_t heads, int64_t i, int64_t d) const {
+    if (!valid) return;
+    for (int64_t h = 0; h < heads; ++h) prefetch_row(t.group(b, x, h) + i * t.st.l, t.st.d, d);
+  }
+};
+
+// Packs keys 0..lk-1 of every head of position (b, x), frame by frame.
+template <typename Kern, typename scalar_t, typename acc_t>
+void pack_position_keys(const Problem& p, const Operand<scalar_t>& k, const Operand<scalar_t>& v, int64_t b,
+                        int64_t x, int64_t lk, const NextPosition<scalar_t>& next, int64_t next_lk,
+                        const Norm<acc_t>& norm, bool backward, std::vector<KeyPack<acc_t>>& packs) {
+  for (int64_t j = 0; j < lk; ++j) {
+    if (j < next_lk) {
+      next.prefetch(k, p.heads, j, p.dim);
+      next.prefetch(v, p.heads, j, p.dim);
+    }
+    for (int64_t h = 0; h < p.heads; ++h)
+      pack_key_row<Kern>(k.group(b, x, h) + j * k.st.l, k.st.d, v.group(b, x, h) + j * v.st.l, v.st.d, j, p.dim,
+                         norm, backward, packs[h]);
+  }
+  for (auto& pack : packs) finish_keys<Kern>(lk, backward, pack);
+}
+
 template <typename scalar_t, typename acc_t, typename Kern, typename LkOf>
 void short_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, Operand<scalar_t> v,
                    MutOperand<scalar_t> out, acc_t* lse, Roles ls, const Norm<acc_t>& norm, LkOf lk_of) {
-  constexpr int64_t kK = Kern::kShortKeys, kQ = 16;
   const int64_t heads = p.heads, d = p.dim, dv = round_up(d, 16), lq = p.lq;
   const acc_t scale = static_cast<acc_t>(p.scale);
   at::parallel_for(0, p.batch * p.other, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> kr(heads * kK * dv), kt(heads * dv * kK), vr(heads * kK * dv), qt(heads * kQ * dv),
-        ob(kQ * dv), m(kQ), l(kQ);
-    std::vector<int64_t> nvis(kQ);
+    std::vector<KeyPack<acc_t>> packs(heads);
+    for (auto& pack : packs) pack.resize(p.lk, d, false, norm.on);
+    std::vector<acc_t> qt(heads * kShortTileQ * dv), ob(kShortTileQ * dv), m(kShortTileQ), l(kShortTileQ);
+    std::vector<int64_t> nvis(kShortTileQ);
     for (int64_t pos = begin; pos < end; ++pos) {
       const int64_t x = pos % p.other, b = pos / p.other, lk = lk_of(b);
-      const bool next = pos + 1 < end;
-      const int64_t xn = (pos + 1) % p.other, bn = (pos + 1) / p.other;
-      for (int64_t j = 0; j < lk; ++j) {
-        for (int64_t h = 0; h < heads; ++h) {
-          if (next && j < lk_of(bn)) {
-            prefetch_row(k.group(bn, xn, h) + j * k.st.l, k.st.d, d);
-            prefetch_row(v.group(bn, xn, h) + j * v.st.l, v.st.d, d);
-          }
-          acc_t* row = kr.data() + (h * kK + j) * dv;
-          load_row(k.group(b, x, h) + j * k.st.l, k.st.d, d, dv, row);
-          if (norm.on) Kern::layer_norm(row, d, norm.w.data(), norm.b.data(), norm.eps, (acc_t*)nullptr);
-          load_row(v.group(b, x, h) + j * v.st.l, v.st.d, d, dv, vr.data() + (h * kK + j) * dv);
-        }
-      }
-      for (int64_t h = 0; h < heads; ++h) {
-        if (lk < kK) {  // keys past lk read as zeros (stale rows of a longer position would be masked anyway)
-          std::fill(kr.begin() + (h * kK + lk) * dv, kr.begin() + (h + 1) * kK * dv, acc_t(0));
-          std::fill(vr.begin() + (h * kK + lk) * dv, vr.begin() + (h + 1) * kK * dv, acc_t(0));
-        }
-        Kern::transpose(kr.data() + h * kK * dv, dv, kK, dv, kt.data() + h * dv * kK, kK);
-      }
-      for (int64_t i0 = 0; i0 < lq; i0 += kQ) {
-        const int64_t mq = std::min(kQ, lq - i0);
+      const NextPosition<scalar_t> next(pos, end, p.other);
+      pack_position_keys<Kern>(p, k, v, b, x, lk, next, next.valid ? lk_of(next.b) : 0, norm, false, packs);
+      for (int64_t i0 = 0; i0 < lq; i0 += kShortTileQ) {
+        const int64_t mq = std::min(kShortTileQ, lq - i0);
         for (int64_t r = 0; r < mq; ++r) {
-          for (int64_t h = 0; h < heads; ++h) {
-            if (next) prefetch_row(q.group(bn, xn, h) + (i0 + r) * q.st.l, q.st.d, d);
-            acc_t* row = qt.data() + (h * kQ + r) * dv;
-            load_row(q.group(b, x, h) + (i0 + r) * q.st.l, q.st.d, d, dv, row);
-            if (norm.on) Kern::layer_norm(row, d, norm.w.data(), norm.b.data(), norm.eps, (acc_t*)nullptr);
-            Kern::scale(row, d, scale, row);
-          }
+          next.prefetch(q, heads, i0 + r, d);
+          for (int64_t h = 0; h < heads; ++h)
+            pack_query_row<Kern>(q.group(b, x, h) + (i0 + r) * q.st.l, q.st.d, d, dv, scale, norm,
+                                 qt.data() + (h * kShortTileQ + r) * dv, (acc_t*)nullptr, (acc_t*)nullptr);
           nvis[r] = visible_keys(i0 + r, lq, lk, p.causal);
         }
         for (int64_t h = 0; h < heads; ++h) {
-          Kern::attend_short(qt.data() + h * kQ * dv, dv, kt.data() + h * dv * kK, vr.data() + h * kK * dv, d, mq,
+          Kern::attend_short(qt.data() + h * kShortTileQ * dv, dv, packs[h].kt.data(), packs[h].vr.data(), d, mq,
                              nvis.data(), ob.data(), m.data(), l.data());
           scalar_t* og = out.group(b, x, h);
           for (int64_t r = 0; r < mq; ++r) {
@@ -272,6 +302,26 @@ void short_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, O
             if (lse != nullptr) lse[b * ls.b + x * ls.x + (i0 + r) * ls.l + h * ls.h] = m[r] + std::log(l[r]);
           }
         }
+      }
+    }
+  });
+}
+
+// Frame decoding (one query frame, float, contiguous head dims) through the kernels' one-row decode: per
+// position and head, the scores, softmax and weighted sum of the cached rows read in place, with nothing
+// packed but the query row.
+template <typename Kern, typename LkOf>
+void decode_forward(const Problem& p, Operand<float> q, Operand<float> k, Operand<float> v, MutOperand<float> out,
+                    const Norm<float>& norm, LkOf lk_of) {
+  const int64_t d = p.dim, dv = round_up(d, 16);
+  at::parallel_for(0, p.batch * p.other, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(dv);
+    for (int64_t pos = begin; pos < end; ++pos) {
+      const int64_t x = pos % p.other, b = pos / p.other, lk = lk_of(b);
+      for (int64_t h = 0; h < p.heads; ++h) {
+        pack_query_row<Kern>(q.group(b, x, h), q.st.d, d, dv, static_cast<float>(p.scale), norm, row.data(),
+                             (float*)nullptr, (float*)nullptr);
+        Kern::decode_row(row.data(), k.group(b, x, h), k.st.l, v.group(b, x, h), v.st.l, lk, d, out.group(b, x, h));
       }
     }
   });

@@ -86,7 +86,11 @@ def test_st_block_backward_matches_reference():
 
 @pytest.mark.parametrize("qk_norm", [True, False])
 def test_st_transformer_matches_reference(qk_norm):
-    ref = _perturb_(GenieSTTransformer(3, num_heads=HEADS, d_model=D_MODEL, qk_norm=qk_norm, mlp_ratio=2.0))
+    # Seeded construction: with weights drawn from the global generator (which depends on the tests run before),
+    # ~2 weight draws in 30 put one input's error past the per-input cap below, on every attention path alike.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        ref = _perturb_(GenieSTTransformer(3, num_heads=HEADS, d_model=D_MODEL, qk_norm=qk_norm, mlp_ratio=2.0))
     ours = STTransformer(3, D_MODEL, HEADS, qk_norm=qk_norm, mlp_ratio=2.0)
     ours.load_state_dict(ref.state_dict())  # GENIE names, unchanged
     ref64 = copy.deepcopy(ref).double()

@@ -258,8 +258,9 @@ def test_frame_decode_every_cpu_isa(isa, per_batch):
 @pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("per_batch", [False, True])
 def test_frame_decode_matches_reference(device, backend, per_batch):
-    for dtype in DTYPES.get(f"{device}-{'cpp' if backend == 'auto' else backend}", [torch.float32]):
-        b, t_max, s, h, d = 3, 5, 4, 2, 16
+    dtypes = DTYPES.get(f"{device}-{'cpp' if backend == 'auto' else backend}", [torch.float32])
+    for dtype, d in [(dtype, d) for dtype in dtypes for d in (16, 40)]:
+        b, t_max, s, h = 3, 5, 4, 2
         g = torch.Generator().manual_seed(0)
         q = torch.randn(b, s, h, d, generator=g)
         kc, vc = (torch.randn(b, t_max, s, h, d, generator=g) for _ in range(2))
