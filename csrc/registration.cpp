@@ -41,6 +41,11 @@ TORCH_LIBRARY(wmk, m) {
         "bool causal, float scale, Tensor? qk_norm_weight, Tensor? qk_norm_bias, float qk_norm_eps) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("frame_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor num_frames, float scale) -> Tensor");
+  // One cached decoding step of temporal attention: the current frame's keys (through the qk LayerNorm) and
+  // values are written into slot num_frames - 1 of the caches, then its queries (through the same LayerNorm)
+  // attend over slots 0 .. num_frames - 1, as frame_decode_attention.
+  m.def("frame_decode_step(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor num_frames, "
+        "float scale, Tensor? qk_norm_weight=None, Tensor? qk_norm_bias=None, float qk_norm_eps=1e-05) -> Tensor");
 }
 
 namespace {

@@ -5,6 +5,7 @@
 // Every op works on the video layout (B, T, S, H, D) in place, through strides. A "sequence" is the set of
 // tokens one query attends over: for spatial attention the S tokens of frame (b, t) and head h, for temporal
 // attention the T frames at position (b, s) and head h. `Roles` names each stride by its role.
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
@@ -158,6 +159,28 @@ inline void check_frame_decode(const at::Tensor& q, const at::Tensor& k_cache, c
   TORCH_CHECK_VALUE(num_frames.device() == q.device(), op, ": num_frames is on ", num_frames.device(),
                     " but q is on ", q.device(), " (keep it on the device: it is read there, without a sync)");
   TORCH_CHECK_VALUE(std::isfinite(scale), op, ": scale must be finite, got ", scale);
+}
+
+// frame_decode_step: q, k, v (B, S, H, D), the current frame; the caches and counts as frame_decode_attention.
+inline void check_frame_decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& num_frames,
+                                    double scale, const c10::optional<at::Tensor>& weight,
+                                    const c10::optional<at::Tensor>& bias, double eps) {
+  const char* op = "frame_decode_step";
+  check_frame_decode(q, k_cache, v_cache, num_frames, scale);
+  TORCH_CHECK_VALUE(k.sizes() == q.sizes() && v.sizes() == q.sizes(), op,
+                    ": k and v (the current frame's) must have q's shape (B, S, H, D) = ", q.sizes(), ", got ",
+                    k.sizes(), " and ", v.sizes());
+  check_same(q, k, op, "k");
+  check_same(q, v, op, "v");
+  for (const auto* t : {&k_cache, &v_cache}) {
+    TORCH_CHECK_VALUE(at::has_internal_overlap(*t) != at::MemOverlap::Yes, op, ": ",
+                      t == &k_cache ? "k_cache" : "v_cache",
+                      " is written in place, so no two of its elements may share memory (an expanded view?), got "
+                      "strides ", t->strides());
+  }
+  // The qk LayerNorm's weights: the same checks as the attention ops (on a one-frame view of q).
+  check_attention(op, Axis::kTemporal, q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), false, scale, weight, bias, eps);
 }
 
 using ForwardResult = std::tuple<at::Tensor, at::Tensor>;  // (out, lse)

@@ -3,10 +3,13 @@
 // the instruction set (AVX2+FMA intrinsics for float where the CPU has them, portable loops otherwise and
 // for float64), and allocates outputs.
 #include <ATen/Dispatch.h>
+#include <ATen/ops/layer_norm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <optional>
+#include <utility>
 #include <string>
 #include <tuple>
 
@@ -160,45 +163,107 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
 
 using Entry = EntryPoints<&forward, &backward>;
 
-// Frame decoding: temporal attention of one query frame over the first num_frames[b] cached frames.
-// On CPU the frame counts are read directly (no device to sync with), so out-of-range values raise.
-at::Tensor frame_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                      const at::Tensor& num_frames, double scale) {
-  check_frame_decode(q, k_cache, v_cache, num_frames, scale);
-  const int64_t t_max = k_cache.size(1);
+// The frame counts as a contiguous int64 tensor, each checked against [1, T_max] (on CPU the values are read
+// directly: there is no device to sync with, so out-of-range values raise).
+at::Tensor checked_frames(const char* op, const at::Tensor& num_frames, int64_t t_max) {
   const at::Tensor frames = num_frames.to(at::kLong).reshape({-1}).contiguous();
   const int64_t* nf = frames.data_ptr<int64_t>();
   for (int64_t i = 0; i < frames.numel(); ++i) {
-    TORCH_CHECK_VALUE(nf[i] >= 1 && nf[i] <= t_max, "frame_decode_attention: num_frames must lie in [1, T_max = ",
-                      t_max, "], got ", nf[i], frames.numel() > 1 ? " for batch " + std::to_string(i) : "");
+    TORCH_CHECK_VALUE(nf[i] >= 1 && nf[i] <= t_max, op, ": num_frames must lie in [1, T_max = ", t_max, "], got ",
+                      nf[i], frames.numel() > 1 ? " for batch " + std::to_string(i) : "");
   }
+  return frames;
+}
+
+// Writes the current frame's keys (through the qk LayerNorm) and values into slot num_frames[b] - 1 of the
+// caches, one position at a time (the general path of frame_decode_step; the AVX-512 float path writes inside
+// the decode loop instead).
+template <typename scalar_t, typename acc_t, typename Kern>
+void write_frame(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, at::Tensor& v_cache,
+                 const int64_t* nf, bool per_batch, const Norm<acc_t>& norm) {
+  const int64_t s_len = k.size(1), heads = k.size(2), d = k.size(3);
+  at::parallel_for(0, k.size(0) * s_len, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> row(d);
+    // Row (b, s, h) of src into the slot of dst; the keys through the LayerNorm.
+    auto copy_row = [&](const at::Tensor& src, at::Tensor& dst, int64_t b, int64_t s, int64_t h, int64_t slot,
+                        bool normalize) {
+      const scalar_t* from = src.const_data_ptr<scalar_t>() + b * src.stride(0) + s * src.stride(1) + h * src.stride(2);
+      cpu::load_row(from, src.stride(3), d, d, row.data());
+      if (normalize) Kern::layer_norm(row.data(), d, norm.w.data(), norm.b.data(), norm.eps, (acc_t*)nullptr);
+      scalar_t* to = dst.mutable_data_ptr<scalar_t>() + b * dst.stride(0) + slot * dst.stride(1) + s * dst.stride(2) +
+                     h * dst.stride(3);
+      cpu::store_row<Kern>(row.data(), d, acc_t(1), to, dst.stride(4));
+    };
+    for (int64_t pos = begin; pos < end; ++pos) {
+      const int64_t b = pos / s_len, s = pos % s_len, slot = nf[per_batch ? b : 0] - 1;
+      for (int64_t h = 0; h < heads; ++h) {
+        copy_row(k, k_cache, b, s, h, slot, norm.on);
+        copy_row(v, v_cache, b, s, h, slot, false);
+      }
+    }
+  });
+}
+
+// Temporal attention of one query frame over the first num_frames[b] cached frames, the qk LayerNorm (if given)
+// applied to q only: the cache holds keys already normalized. With `fresh` (k, v of the current frame), they are
+// first written into slot num_frames[b] - 1 (frame_decode_step).
+at::Tensor decode_cpu(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& frames,
+                      double scale, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                      double eps, const std::pair<at::Tensor, at::Tensor>* fresh) {
+  const int64_t t_max = k_cache.size(1);
+  const int64_t* nf = frames.data_ptr<int64_t>();
   const bool per_batch = frames.numel() > 1;
-  // q (B, S, H, D) seen as a one-frame (B, 1, S, H, D) video; the output likewise.
-  const at::Tensor q5 = q.unsqueeze(1);
+  auto lk_of = [&](int64_t b) { return nf[per_batch ? b : 0]; };
   at::Tensor out = at::empty(q.sizes(), q.options());
-  at::Tensor out5 = out.unsqueeze(1);
+  at::Tensor out5 = out.unsqueeze(1);  // q (B, S, H, D) seen as a one-frame (B, 1, S, H, D) video, out likewise
   const Problem p{q.size(0), q.size(1), q.size(2), 1, t_max, q.size(3), false, scale, false, 0.0};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "frame_decode_attention", [&] {
     using acc_t = acc_type_t<scalar_t>;
-    const Norm<acc_t> norm;
+    const Norm<acc_t> norm = make_norm<acc_t>(weight, bias, eps, p.dim);
     with_kernels<acc_t>([&](auto kern) {
       using Kern = decltype(kern);
       if constexpr (Kern::kHasDecodeRow && std::is_same_v<scalar_t, float>) {
-        if (t_max <= 16 && k_cache.stride(4) == 1 && v_cache.stride(4) == 1 && out.stride(3) == 1)
-          return cpu::decode_forward<Kern>(p, operand<float>(q5, Axis::kTemporal),
-                                           operand<float>(k_cache, Axis::kTemporal),
-                                           operand<float>(v_cache, Axis::kTemporal),
-                                           mut_operand<float>(out5, Axis::kTemporal), norm,
-                                           [&](int64_t b) { return nf[per_batch ? b : 0]; });
+        if (t_max <= 16 && k_cache.stride(4) == 1 && v_cache.stride(4) == 1) {
+          const auto t = Axis::kTemporal;
+          std::optional<cpu::FrameWrite> write;
+          if (fresh != nullptr)
+            write = cpu::FrameWrite{operand<float>(fresh->first.unsqueeze(1), t),
+                                    operand<float>(fresh->second.unsqueeze(1), t), mut_operand<float>(k_cache, t),
+                                    mut_operand<float>(v_cache, t), &norm};
+          return cpu::decode_forward<Kern>(p, operand<float>(q.unsqueeze(1), t), operand<float>(k_cache, t),
+                                           operand<float>(v_cache, t), mut_operand<float>(out5, t), norm, lk_of,
+                                           write ? &*write : nullptr);
+        }
       }
-      cpu::flash_forward<scalar_t, acc_t, decltype(kern)>(
-          p, operand<scalar_t>(q5, Axis::kTemporal), operand<scalar_t>(k_cache, Axis::kTemporal),
+      if (fresh != nullptr) write_frame<scalar_t, acc_t, Kern>(fresh->first, fresh->second, k_cache, v_cache, nf,
+                                                             per_batch, norm);
+      // The general engine would normalize the cached keys as well: normalize q on its own first.
+      const at::Tensor qn = weight.has_value() ? at::layer_norm(q, {q.size(3)}, weight, bias, eps) : q;
+      cpu::flash_forward<scalar_t, acc_t, Kern>(
+          p, operand<scalar_t>(qn.unsqueeze(1), Axis::kTemporal), operand<scalar_t>(k_cache, Axis::kTemporal),
           operand<scalar_t>(v_cache, Axis::kTemporal), mut_operand<scalar_t>(out5, Axis::kTemporal),
-          static_cast<acc_t*>(nullptr), Roles{0, 0, 0, 0, 0}, norm,
-          [&](int64_t b) { return nf[per_batch ? b : 0]; });
+          static_cast<acc_t*>(nullptr), Roles{0, 0, 0, 0, 0}, Norm<acc_t>{}, lk_of);
     });
   });
   return out;
+}
+
+at::Tensor frame_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                      const at::Tensor& num_frames, double scale) {
+  check_frame_decode(q, k_cache, v_cache, num_frames, scale);
+  const at::Tensor frames = checked_frames("frame_decode_attention", num_frames, k_cache.size(1));
+  at::Tensor kc = k_cache, vc = v_cache;  // read only: no frame is written
+  return decode_cpu(q, kc, vc, frames, scale, c10::nullopt, c10::nullopt, 0.0, nullptr);
+}
+
+at::Tensor frame_decode_step_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
+                                 at::Tensor& v_cache, const at::Tensor& num_frames, double scale,
+                                 const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                                 double eps) {
+  check_frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale, weight, bias, eps);
+  const at::Tensor frames = checked_frames("frame_decode_step", num_frames, k_cache.size(1));
+  const std::pair<at::Tensor, at::Tensor> fresh{k, v};
+  return decode_cpu(q, k_cache, v_cache, frames, scale, weight, bias, eps, &fresh);
 }
 
 }  // namespace
@@ -209,6 +274,7 @@ TORCH_LIBRARY_IMPL(wmk, CPU, m) {
   m.impl("temporal_attention", &Entry::temporal);
   m.impl("temporal_attention_backward", &Entry::temporal_backward);
   m.impl("frame_decode_attention", &frame_decode_attention_cpu);
+  m.impl("frame_decode_step", &frame_decode_step_cpu);
 }
 
 }  // namespace wmk::attention

@@ -7,6 +7,9 @@
 // (T = 16) of neighbouring positions share a block and their K/V rows in L1. The qk LayerNorm is recomputed
 // per row inside the warps. Not tuned for speed: the Triton path (backend="triton") is the tensor-core one.
 #include <ATen/Dispatch.h>
+#include <ATen/TensorIndexing.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/layer_norm.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros_like.h>
@@ -196,6 +199,26 @@ at::Tensor frame_decode_attention_cuda(const at::Tensor& q, const at::Tensor& k_
   return out;
 }
 
+// The decoding step as device ops around the decode kernel: the qk LayerNorm of the new keys and queries
+// (at::layer_norm), the write into slot num_frames[b] - 1 (index_put_ with device indices: no host sync, so the
+// step stays graph-capturable; counts are clamped to [1, T_max] as in frame_decode_attention_cuda).
+at::Tensor frame_decode_step_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
+                                  at::Tensor& v_cache, const at::Tensor& num_frames, double scale,
+                                  const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                                  double eps) {
+  check_frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale, weight, bias, eps);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const int64_t batch = q.size(0), t_max = k_cache.size(1), d = q.size(3);
+  const at::Tensor slot = num_frames.to(at::kLong).reshape({-1}).sub(1).clamp(0, t_max - 1).expand({batch});
+  const at::Tensor rows = at::arange(batch, slot.options());
+  const at::Tensor kn = weight.has_value() ? at::layer_norm(k, {d}, weight, bias, eps) : k;
+  using at::indexing::TensorIndex;
+  k_cache.index_put_({TensorIndex(rows), TensorIndex(slot)}, kn);
+  v_cache.index_put_({TensorIndex(rows), TensorIndex(slot)}, v);
+  const at::Tensor qn = weight.has_value() ? at::layer_norm(q, {d}, weight, bias, eps) : q;
+  return frame_decode_attention_cuda(qn, k_cache, v_cache, num_frames, scale);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(wmk, CUDA, m) {
@@ -204,6 +227,7 @@ TORCH_LIBRARY_IMPL(wmk, CUDA, m) {
   m.impl("temporal_attention", &Entry::temporal);
   m.impl("temporal_attention_backward", &Entry::temporal_backward);
   m.impl("frame_decode_attention", &frame_decode_attention_cuda);
+  m.impl("frame_decode_step", &frame_decode_step_cuda);
 }
 
 }  // namespace wmk::attention

@@ -110,6 +110,38 @@ struct Avx512Kernels : Avx2Kernels {
     gemm_impl<true>(a, lda, b, ldb, c, ldc, m, n, k, accumulate);
   }
 
+  // layer_norm_row (common/attention.h) on 16 lanes: the same two-pass statistics with the mean-correction
+  // pass, masked tails instead of scalar ones (rows of the qk LayerNorm are head dims: 16 to 256 values).
+  WMK_AVX512 static float layer_norm(float* x, int64_t n, const float* w, const float* b, float eps, float* xhat) {
+    __m512 s16 = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) s16 = _mm512_add_ps(s16, _mm512_maskz_loadu_ps(first_lanes(n - i), x + i));
+    const float inv_n = 1.0f / static_cast<float>(n);
+    float mean = _mm512_reduce_add_ps(s16) * inv_n;
+    __m512 mean16 = _mm512_set1_ps(mean), c16 = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = first_lanes(n - i);
+      c16 = _mm512_add_ps(c16, _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, x + i), mean16));
+    }
+    mean += _mm512_reduce_add_ps(c16) * inv_n;
+    mean16 = _mm512_set1_ps(mean);
+    __m512 v16 = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = first_lanes(n - i);
+      const __m512 c = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, x + i), mean16);
+      v16 = _mm512_fmadd_ps(c, c, v16);
+    }
+    const float rstd = 1.0f / std::sqrt(_mm512_reduce_add_ps(v16) * inv_n + eps);
+    const __m512 rstd16 = _mm512_set1_ps(rstd);
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 m = first_lanes(n - i);
+      const __m512 h = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mean16), rstd16);
+      if (xhat != nullptr) _mm512_mask_storeu_ps(xhat + i, m, h);
+      const __m512 bias = b != nullptr ? _mm512_maskz_loadu_ps(m, b + i) : _mm512_setzero_ps();
+      _mm512_mask_storeu_ps(x + i, m, _mm512_fmadd_ps(h, _mm512_maskz_loadu_ps(m, w + i), bias));
+    }
+    return rstd;
+  }
+
   WMK_AVX512 static float dot(const float* a, const float* b, int64_t n) {
     __m512 s16 = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {

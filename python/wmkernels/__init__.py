@@ -6,6 +6,7 @@ Public API:
     vq_encode, vq_decode                   nearest-code VQ: fused distance + argmin, and the code gather
     spatial_attention, temporal_attention  factorized attention on the video layout (B, T, S, H, D)
     frame_decode_attention                 one frame's queries against a frame KV cache (no host sync)
+    frame_decode_step                      the cached sampler's step: write the frame's K/V, then decode
     BACKENDS, BackendUnavailableError      backend choice: backend=... per call, or $WMK_BACKEND
     lfq_encode, lfq_decode, lfq_entropy_loss   lookup-free quantization (wmkernels.nn.LookupFreeQuantizer)
     fsq_quantize, fsq_decode               finite scalar quantization (wmkernels.nn.FiniteScalarQuantizer)
@@ -18,7 +19,7 @@ from importlib import metadata as _metadata
 
 from wmkernels.config import show_config
 from wmkernels.ops import BACKENDS, BackendUnavailableError, factorize_tokens, unfactorize_tokens
-from wmkernels.ops import frame_decode_attention, spatial_attention, temporal_attention
+from wmkernels.ops import frame_decode_attention, frame_decode_step, spatial_attention, temporal_attention
 from wmkernels.ops import fsq_decode, fsq_quantize, lfq_decode, lfq_encode, lfq_entropy_loss
 from wmkernels.ops import vq_decode, vq_encode
 # Frame sampling (the sampling family)
@@ -42,6 +43,7 @@ __all__ = [
     "autoregressive_generate",
     "factorize_tokens",
     "frame_decode_attention",
+    "frame_decode_step",
     "fsq_decode",
     "fsq_quantize",
     "lfq_decode",

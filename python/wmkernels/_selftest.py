@@ -79,7 +79,17 @@ def _attention() -> tuple[bool, str]:
     num_frames = torch.tensor([2, 4])
     ok &= bool(torch.allclose(ops.frame_decode_attention(q1, k_cache, v_cache, num_frames),
                               ref.frame_decode_attention(q1, k_cache, v_cache, num_frames), atol=1e-10))
-    return ok, "spatial/temporal attention forward and backward (B2 T3 S7 H2 D16), frame_decode_attention"
+    # The decoding step: writes the new frame's normalized keys and values into slot num_frames - 1, then decodes.
+    k1, v1 = (torch.randn(2, 7, 2, 16, generator=_gen(), dtype=torch.float64) for _ in range(2))
+    w, b = (torch.randn(16, generator=_gen(), dtype=torch.float64) for _ in range(2))
+    kc, vc = k_cache.clone(), v_cache.clone()
+    out = ops.frame_decode_step(q1, k1, v1, kc, vc, num_frames, qk_norm_weight=w, qk_norm_bias=b)
+    kn = torch.nn.functional.layer_norm(k1, (16,), w, b, 1e-5)
+    ok &= bool(torch.allclose(kc[0, 1], kn[0], atol=1e-10)) and bool(torch.equal(vc[1, 3], v1[1]))
+    qn = torch.nn.functional.layer_norm(q1, (16,), w, b, 1e-5)
+    ok &= bool(torch.allclose(out, ref.frame_decode_attention(qn, kc, vc, num_frames), atol=1e-10))
+    return ok, ("spatial/temporal attention forward and backward (B2 T3 S7 H2 D16), frame_decode_attention, "
+                "frame_decode_step")
 
 
 #: family name -> (ops it exercises, check returning (passed, description))
@@ -89,7 +99,8 @@ CHECKS: dict[str, tuple[tuple[str, ...], Callable[[], tuple[bool, str]]]] = {
     "fsq": (("wmk::fsq_quantize", "wmk::fsq_quantize_backward", "wmk::fsq_decode"), _fsq),
     "vq": (("wmk::vq_encode", "wmk::vq_decode"), _vq),
     "attention": (("wmk::spatial_attention", "wmk::spatial_attention_backward", "wmk::temporal_attention",
-                   "wmk::temporal_attention_backward", "wmk::frame_decode_attention"), _attention),
+                   "wmk::temporal_attention_backward", "wmk::frame_decode_attention", "wmk::frame_decode_step"),
+                  _attention),
 }
 
 

@@ -156,6 +156,44 @@ def test_frame_decode_matches_reference_or_raises(backend, case):
     assert_rule(out, ref64, ref_x, 2, f"frame decode {c['dtype']}")
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@given(case=decode_case(), qk_norm=st.booleans())
+def test_frame_decode_step_matches_reference_or_raises(backend, case, qk_norm):
+    c = case
+    b, s, h, d = c["shape"]
+    q, k, v = (arrange(randn(c["shape"], c["dtype"], c["seed"] + i), c["layouts"][i], c["seed"]) for i in range(3))
+    # The caches are written in place: any layout but an expanded (self-overlapping) one.
+    cache_layout = "contiguous" if c["layouts"][1] == "expanded" else c["layouts"][1]
+    kc, vc = (arrange(randn((b, c["t_max"], s, h, d), c["dtype"], c["seed"] + i), cache_layout, c["seed"])
+              for i in (3, 4))
+    w, bias = (randn((d,), c["dtype"], c["seed"] + 5), randn((d,), c["dtype"], c["seed"] + 6)) if qk_norm else (None,
+                                                                                                                None)
+    frames = list(c["frames"]) if c["per_batch"] else c["frames"][:1]
+    if c["bad"] is not None and not (c["nf_dtype"] == torch.int32 and c["bad"] > 2**31 - 1):
+        frames[-1] = c["bad"]
+    nf = torch.tensor(frames if c["per_batch"] else frames[0], dtype=c["nf_dtype"])
+    call = lambda kc, vc: wmkernels.frame_decode_step(q, k, v, kc, vc, nf, c["scale"], qk_norm_weight=w,  # noqa: E731
+                                                      qk_norm_bias=bias, backend=backend)
+    if not all(1 <= f <= c["t_max"] for f in frames):
+        expect_clear_error(lambda: call(kc.clone(), vc.clone()), "num_frames")
+        return
+    kc_out, vc_out = kc.clone(), vc.clone()
+    out = call(kc_out, vc_out)
+
+    def reference(dtype):
+        qn, kn = q.to(dtype), k.to(dtype)
+        if w is not None:
+            qn, kn = (F.layer_norm(x, (d,), w.to(dtype), bias.to(dtype), 1e-5) for x in (qn, kn))
+        kc_r, vc_r = kc.to(dtype).clone(), vc.to(dtype).clone()
+        for i, n in enumerate(nf.expand(b).tolist()):
+            kc_r[i, n - 1], vc_r[i, n - 1] = kn[i], v[i].to(dtype)
+        return ref.frame_decode_attention(qn, kc_r, vc_r, nf, c["scale"]), kc_r
+
+    (ref64, kc64), (ref_x, kc_x) = reference(torch.float64), reference(c["dtype"])
+    assert_rule(out, ref64, ref_x, 2, f"decode step {c['dtype']}")
+    assert_rule(kc_out, kc64, kc_x, 2, f"written keys {c['dtype']}")
+
+
 def _q(*shape, dtype=torch.float32):
     return torch.randn(*shape).to(dtype)
 
@@ -193,6 +231,12 @@ BAD_ARGS = [
                                                                    _q(1, 2, 3, 1), True, 1.0, None, None, 1e-5)),
     ("num_frames", lambda: torch.ops.wmk.frame_decode_attention(_q(1, 3, 1, 4), _q(1, 2, 3, 1, 4),
                                                                 _q(1, 2, 3, 1, 4), torch.tensor(3), 1.0)),
+    ("k_cache", lambda: wmkernels.frame_decode_step(*(_q(1, 3, 1, 4),) * 3, _q(1, 1, 3, 1, 4).expand(1, 2, 3, 1, 4),
+                                                    _q(1, 2, 3, 1, 4), torch.tensor(1))),
+    ("v_cache", lambda: torch.ops.wmk.frame_decode_step(*(_q(1, 3, 1, 4),) * 3, _q(1, 2, 3, 1, 4),
+                                                        _q(1, 1, 3, 1, 4).expand(1, 2, 3, 1, 4), torch.tensor(1), 1.0)),
+    ("k", lambda: wmkernels.frame_decode_step(_q(1, 3, 1, 4), _q(1, 3, 1, 5), _q(1, 3, 1, 4), _q(1, 2, 3, 1, 4),
+                                              _q(1, 2, 3, 1, 4), torch.tensor(1))),
 ]
 
 

@@ -273,6 +273,113 @@ def test_frame_decode_matches_reference(device, backend, per_batch):
         assert_rule(out.cpu(), ref64, ref_x, 2, f"frame decode {dtype}")
 
 
+def _decode_step_case(dtype, d, per_batch, qk_norm, device="cpu"):
+    b, t_max, s, h = 3, 5, 4, 2
+    g = torch.Generator().manual_seed(1)
+    qkv = torch.randn(b, s, 3, h, d, generator=g)  # the layers pass views of one fused projection
+    kc, vc = (torch.randn(b, t_max, s, h, d, generator=g) for _ in range(2))
+    nf = torch.tensor([1, 5, 3]) if per_batch else torch.tensor(4)
+    w, bias = make_norm(d, torch.float64) if qk_norm else (None, None)
+    return qkv, kc, vc, nf, w, bias
+
+
+def _decode_step_reference(q, k, v, kc, vc, nf, w, bias):
+    """The step composed of reference ops: LayerNorm, the write into slot nf - 1, frame decoding."""
+    if w is not None:
+        q, k = (F.layer_norm(x, x.shape[-1:], w, bias, 1e-5) for x in (q, k))
+    kc, vc = kc.clone(), vc.clone()
+    for i, n in enumerate(nf.expand(q.shape[0]).tolist()):
+        kc[i, n - 1], vc[i, n - 1] = k[i], v[i]
+    return ref.frame_decode_attention(q, kc, vc, nf), kc, vc
+
+
+def check_decode_step(device, backend, per_batch, qk_norm, dtypes):
+    for dtype, d in [(dtype, d) for dtype in dtypes for d in (16, 40)]:
+        qkv, kc, vc, nf, w, bias = _decode_step_case(dtype, d, per_batch, qk_norm)
+        x = [t.to(dtype).to(device) for t in (qkv, kc, vc)]
+        q, k, v = x[0].unbind(2)
+        kc_x, vc_x = x[1].clone(), x[2].clone()
+        wx, bx = (None, None) if w is None else (w.to(dtype).to(device), bias.to(dtype).to(device))
+        originals = [t.clone() for t in (q, k, v)]
+        out = wmkernels.frame_decode_step(q, k, v, kc_x, vc_x, nf.to(device), qk_norm_weight=wx, qk_norm_bias=bx,
+                                          backend=backend)
+        assert out.shape == q.shape and out.dtype == dtype
+        q64, k64, v64 = (t.cpu().double() for t in (q, k, v))
+        w64, b64 = (None, None) if w is None else (wx.cpu().double(), bx.cpu().double())
+        ref64, kc64, vc64 = _decode_step_reference(q64, k64, v64, x[1].cpu().double(), x[2].cpu().double(), nf, w64,
+                                                   b64)
+        ref_x, kcx, vcx = _decode_step_reference(*(t.cpu() for t in (q, k, v, x[1], x[2])), nf, *(
+            (None, None) if w is None else (wx.cpu(), bx.cpu())))
+        assert_rule(out.cpu(), ref64, ref_x, 2, f"decode step {dtype}")
+        assert_rule(kc_x.cpu(), kc64, kcx, 2, f"written keys {dtype}")
+        assert torch.equal(vc_x.cpu(), vcx), "the values must be stored as given"
+        for t, o in zip((q, k, v), originals):
+            assert torch.equal(t, o), "an input was modified"
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS + [pytest.param("cpu", "reference", id="cpu-reference")])
+@pytest.mark.parametrize("per_batch", [False, True])
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["plain", "qk_norm"])
+def test_frame_decode_step_matches_reference(device, backend, per_batch, qk_norm):
+    dtypes = DTYPES.get(f"{device}-{'cpp' if backend == 'auto' else backend}", [torch.float32])
+    check_decode_step(device, backend, per_batch, qk_norm, dtypes)
+
+
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["plain", "qk_norm"])
+def test_frame_decode_step_every_cpu_isa(isa, qk_norm):
+    with _isa(isa):
+        check_decode_step("cpu", "auto", True, qk_norm, [torch.float32])
+
+
+def test_frame_decode_step_opcheck_and_compile():
+    qkv, kc, vc, nf, w, bias = _decode_step_case(torch.float32, 8, True, True)
+    q, k, v = qkv.unbind(2)
+    w, bias = w.float(), bias.float()
+    torch.library.opcheck(torch.ops.wmk.frame_decode_step, (q, k, v, kc.clone(), vc.clone(), nf, 0.3, w, bias, 1e-5))
+    step = torch.compile(lambda q, k, v, kc, vc, n: wmkernels.frame_decode_step(q, k, v, kc, vc, n, qk_norm_weight=w,
+                                                                                 qk_norm_bias=bias), fullgraph=True)
+    for n in (torch.tensor(1), torch.tensor(5)):  # one graph for every step: the count is data
+        kc1, vc1, kc2, vc2 = kc.clone(), vc.clone(), kc.clone(), vc.clone()
+        got = step(q, k, v, kc1, vc1, n)
+        want = wmkernels.frame_decode_step(q, k, v, kc2, vc2, n, qk_norm_weight=w, qk_norm_bias=bias)
+        torch.testing.assert_close(got, want)
+        assert torch.equal(kc1, kc2) and torch.equal(vc1, vc2)
+
+
+def test_frame_decode_step_bad_inputs():
+    q = torch.randn(2, 4, 2, 8)
+    kc = torch.randn(2, 5, 4, 2, 8)
+    with pytest.raises(ValueError, match=r"k \(the current frame's\) must have q's shape"):
+        wmkernels.frame_decode_step(q, q[:, :3], q, kc, kc.clone(), torch.tensor(2))
+    with pytest.raises(TypeError, match="v has dtype torch.float64"):
+        wmkernels.frame_decode_step(q, q, q.double(), kc, kc.clone(), torch.tensor(2))
+    with pytest.raises(ValueError, match=r"num_frames must lie in \[1, T_max = 5\]"):
+        wmkernels.frame_decode_step(q, q, q, kc, kc.clone(), torch.tensor([2, 6]))
+    with pytest.raises(ValueError, match=r"qk_norm_weight must have shape \(D,\) = \(8,\)"):
+        wmkernels.frame_decode_step(q, q, q, kc, kc.clone(), torch.tensor(2), qk_norm_weight=torch.ones(3))
+    # The op itself checks too (direct torch.ops calls skip the Python checks).
+    with pytest.raises(ValueError, match="k and v \\(the current frame's\\) must have q's shape"):
+        torch.ops.wmk.frame_decode_step(q, q[:, :3], q, kc, kc.clone(), torch.tensor(2), 0.5)
+    with pytest.raises(ValueError, match=r"frame_decode_step: num_frames must lie in \[1, T_max = 5\]"):
+        torch.ops.wmk.frame_decode_step(q, q, q, kc, kc.clone(), torch.tensor(0), 0.5)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS + [pytest.param("cpu", "reference", id="cpu-reference")])
+def test_frame_decode_ignores_slots_past_the_count(device, backend):
+    # FrameKVCache is uninitialized: whatever lies past num_frames (NaN, inf) must not reach the output.
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, 2, 16, generator=g)
+    kc, vc = (torch.randn(2, 6, 4, 2, 16, generator=g) for _ in range(2))
+    nf = torch.tensor([2, 5])
+    clean = ref.frame_decode_attention(q.double(), kc.double(), vc.double(), nf)
+    for i, n in enumerate(nf.tolist()):
+        kc[i, n:], vc[i, n:] = float("nan"), float("inf")
+    out = wmkernels.frame_decode_attention(q.to(device), kc.to(device), vc.to(device), nf.to(device), backend=backend)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.cpu().double(), clean, atol=1e-5, rtol=1e-5)
+
+
 def test_frame_decode_equals_last_row_of_temporal_attention():
     q, k, v = make_qkv((2, 6, 5, 2, 16), torch.float32, "fused")
     full = wmkernels.temporal_attention(q, k, v, causal=True)

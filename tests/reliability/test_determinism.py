@@ -51,6 +51,21 @@ def frame_decode_case(dtype):
     return (lambda q, kc, vc: wmkernels.frame_decode_attention(q, kc, vc, nf)), [q, kc, vc]
 
 
+def frame_decode_step_case(dtype):
+    q, k, v = (torch.randn(3, 64, 4, 32, generator=gen(i)).to(dtype) for i in (1, 4, 5))
+    kc, vc = (torch.randn(3, 16, 64, 4, 32, generator=gen(i)).to(dtype) for i in (2, 3))
+    w, b = (1 + 0.3 * torch.randn(32, generator=gen(7))).to(dtype), (0.1 * torch.randn(32, generator=gen(8))).to(dtype)
+    nf = torch.tensor([16, 5, 1])
+
+    def fn(q, k, v, kc, vc):  # the written caches are part of the result
+        kc, vc = kc.detach().clone(), vc.detach().clone()
+        out = wmkernels.frame_decode_step(q.detach(), k.detach(), v.detach(), kc, vc, nf, qk_norm_weight=w,
+                                          qk_norm_bias=b)
+        return torch.cat([out.flatten(), kc.flatten(), vc.flatten()])
+
+    return fn, [q, k, v, kc, vc]
+
+
 CASES = {
     "factorize_tokens": lambda: (wmkernels.factorize_tokens, [torch.randint(0, 2**18, (64, 1024), generator=gen(0))]),
     "unfactorize_tokens": lambda: (wmkernels.unfactorize_tokens, [torch.randint(0, 512, (64, 1024, 2), generator=gen(0))]),
@@ -77,6 +92,7 @@ CASES = {
     "temporal_attention_qk_norm": lambda: attention_case("temporal", torch.float32, True),
     "temporal_attention_f64_qk_norm": lambda: attention_case("temporal", torch.float64, True),
     "frame_decode_attention": lambda: frame_decode_case(torch.float32),
+    "frame_decode_step": lambda: frame_decode_step_case(torch.float32),
 }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wmkernels.ops.attention import frame_decode_attention, spatial_attention, temporal_attention
+from wmkernels.ops.attention import frame_decode_step, spatial_attention, temporal_attention
 
 _AXES = ("space", "time")
 
@@ -119,11 +119,10 @@ class SelfAttention(nn.Module):
         """
         self._check_time("forward_decode")
         q, k, v = self._qkv(x)
-        q, k = self._apply_qk_norm(q, k)
-        k_cache.index_copy_(1, position, k)
-        v_cache.index_copy_(1, position, v)
         num_frames = (position + 1).reshape(())  # the op takes a () or (B,) count
-        o = frame_decode_attention(q[:, 0], k_cache, v_cache, num_frames, self.scale, backend=self.backend)
+        # One op writes the frame's normalized keys and its values into slot `position` and attends.
+        o = frame_decode_step(q[:, 0], k[:, 0], v[:, 0], k_cache, v_cache, num_frames, self.scale,
+                              backend=self.backend, **self._norm_kwargs())
         return self._out(o.unsqueeze(1))
 
     def _check_time(self, name: str) -> None:

@@ -1,7 +1,7 @@
 """Thin wrappers over `torch.ops.wmk.*`: argument checks, backend choice, fake and autograd registrations."""
 from wmkernels import _extension  # noqa: F401  (loads the extension, which registers torch.ops.wmk)
 from wmkernels.ops._backend import BACKENDS, BackendUnavailableError
-from wmkernels.ops.attention import frame_decode_attention, spatial_attention, temporal_attention
+from wmkernels.ops.attention import frame_decode_attention, frame_decode_step, spatial_attention, temporal_attention
 from wmkernels.ops.fsq import fsq_decode, fsq_quantize
 from wmkernels.ops.lfq import lfq_decode, lfq_encode, lfq_entropy_loss
 from wmkernels.ops.tokens import factorize_tokens, unfactorize_tokens
@@ -12,6 +12,7 @@ __all__ = [
     "BackendUnavailableError",
     "factorize_tokens",
     "frame_decode_attention",
+    "frame_decode_step",
     "fsq_decode",
     "fsq_quantize",
     "lfq_decode",

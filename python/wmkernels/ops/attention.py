@@ -8,6 +8,8 @@
         causal mask aligned to the end (query frame i sees key frames j <= i + Tk - Tq).
     frame_decode_attention(q, k_cache, v_cache, num_frames, scale=None, *, backend=None)
         one frame's queries against a KV cache of frames, the frame count read on the device (no host sync).
+    frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale=None, *, qk_norm_weight=None, ..., backend=None)
+        the cached sampler's step: writes the frame's (normalized) keys and values into the caches, then decodes.
 
 Options, with their meaning:
     scale           the softmax scale; None means head_dim ** -0.5.
@@ -213,6 +215,21 @@ def frame_decode_attention(
     nothing there); the CUDA and Triton kernels cannot raise without a sync, so they clamp it to [1, T_max].
     """
     op = "frame_decode_attention"
+    _check_frame_decode(op, q, k_cache, v_cache, num_frames)
+    scale = _scale(q, scale)
+    impl = _decode_impl(op, backend, q, k_cache, num_frames)
+    if impl == "reference":
+        from wmkernels.reference import attention as reference
+
+        return reference.frame_decode_attention(q, k_cache, v_cache, num_frames, scale)
+    if impl == "triton":
+        from wmkernels.triton import attention as triton_attention
+
+        return triton_attention.frame_decode(q, k_cache, v_cache, num_frames, scale)
+    return torch.ops.wmk.frame_decode_attention(q, k_cache, v_cache, num_frames, scale)
+
+
+def _check_frame_decode(op, q, k_cache, v_cache, num_frames):
     check_tensor(q, "q")
     check_tensor(k_cache, "k_cache")
     check_tensor(v_cache, "v_cache")
@@ -243,25 +260,74 @@ def frame_decode_attention(
     if num_frames.device != q.device:
         raise ValueError(f"{op}: num_frames is on {num_frames.device} but q is on {q.device} (keep it on the "
                          "device: it is read there, without a sync)")
-    scale = _scale(q, scale)
+
+
+def _decode_impl(op, backend, q, k_cache, num_frames) -> str:
+    """The backend of a decode call; on CPU tensors the reference checks the frame counts here (the C++ kernel
+    checks them itself; on a GPU, and in Triton, whose CPU interpreter stands in for the GPU, they are clamped)."""
     impl = _gpu_path(op, _backend.select(backend, q.device, op), q.device, q.shape[-1])
     if impl == "reference" and num_frames.device.type == "cpu":
-        # The C++ kernel checks the counts itself; on CPU tensors the reference checks them here (there is no
-        # sync to avoid). On a GPU, and in Triton (whose CPU interpreter stands in for the GPU), they are clamped.
         t_max = k_cache.shape[1]
         bad = (num_frames < 1) | (num_frames > t_max)
         if bool(bad.any()):
             value = int(num_frames.reshape(-1)[bad.reshape(-1)][0])
             raise ValueError(f"{op}: num_frames must lie in [1, T_max = {t_max}], got {value}")
-    if impl == "reference":
-        from wmkernels.reference import attention as reference
+    return impl
 
-        return reference.frame_decode_attention(q, k_cache, v_cache, num_frames, scale)
-    if impl == "triton":
-        from wmkernels.triton import attention as triton_attention
 
-        return triton_attention.frame_decode(q, k_cache, v_cache, num_frames, scale)
-    return torch.ops.wmk.frame_decode_attention(q, k_cache, v_cache, num_frames, scale)
+def frame_decode_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    num_frames: torch.Tensor,
+    scale: float | None = None,
+    *,
+    qk_norm_weight: torch.Tensor | None = None,
+    qk_norm_bias: torch.Tensor | None = None,
+    qk_norm_eps: float = 1e-5,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """One cached decoding step of temporal attention (inference only): store the current frame's K/V, attend.
+
+    q, k, v: (B, S, H, D), the current frame's projections (any strides, e.g. views of a fused qkv). The keys,
+    through the qk LayerNorm (qk_norm_* as in temporal_attention), and the values are written IN PLACE into slot
+    num_frames[b] - 1 of k_cache, v_cache (B, T_max, S, H, D); then the queries, through the same LayerNorm,
+    attend over slots 0 .. num_frames[b] - 1, as `frame_decode_attention` does. So the caches hold normalized
+    keys. num_frames: int32/int64 () or (B,) on the device, read there (no host sync). Returns (B, S, H, D).
+    Equal to: write LayerNorm(k), v into the caches, then frame_decode_attention(LayerNorm(q), ...).
+    """
+    op = "frame_decode_step"
+    _check_frame_decode(op, q, k_cache, v_cache, num_frames)
+    for name, t in (("k", k), ("v", v)):
+        check_tensor(t, name)
+        if tuple(t.shape) != tuple(q.shape):
+            raise ValueError(f"{op}: {name} (the current frame's) must have q's shape (B, S, H, D) = "
+                             f"{tuple(q.shape)}, got {tuple(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but q has {q.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but q is on {q.device}")
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        # (Not while compiling: the compiled op checks it itself, and the check is no tensor op to trace.)
+        if not torch.compiler.is_compiling() and torch._debug_has_internal_overlap(t) == 1:
+            raise ValueError(f"{op}: {name} is written in place, so no two of its elements may share memory (an "
+                             f"expanded view?), got strides {t.stride()}")
+    _check_norm(op, q.unsqueeze(1), qk_norm_weight, qk_norm_bias, qk_norm_eps)
+    scale = _scale(q, scale)
+    impl = _decode_impl(op, backend, q, k_cache, num_frames)
+    if impl in ("reference", "triton"):
+        # Device ops around the decode kernel: the LayerNorm, then the write with device-side slot indices.
+        b, t_max = q.shape[0], k_cache.shape[1]
+        qn, kn = _reference_norm(q, k, qk_norm_weight, qk_norm_bias, qk_norm_eps)
+        slot = (num_frames.reshape(-1).long() - 1).clamp(0, t_max - 1).expand(b)
+        rows = torch.arange(b, device=q.device)
+        k_cache[rows, slot] = kn
+        v_cache[rows, slot] = v
+        return frame_decode_attention(qn, k_cache, v_cache, num_frames, scale, backend=impl)
+    return torch.ops.wmk.frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale, qk_norm_weight,
+                                           qk_norm_bias, qk_norm_eps)
 
 
 # --- fake kernels (shapes only) for torch.compile / export ------------------------------------------------------
@@ -298,6 +364,12 @@ def _temporal_backward_fake(grad_out, q, k, v, out, lse, causal, scale, qk_norm_
 
 @torch.library.register_fake("wmk::frame_decode_attention")
 def _frame_decode_fake(q, k_cache, v_cache, num_frames, scale):
+    return q.new_empty(q.shape)
+
+
+@torch.library.register_fake("wmk::frame_decode_step")
+def _frame_decode_step_fake(q, k, v, k_cache, v_cache, num_frames, scale, qk_norm_weight=None, qk_norm_bias=None,
+                            qk_norm_eps=1e-5):
     return q.new_empty(q.shape)
 
 

@@ -58,4 +58,8 @@ def frame_decode_attention(
     frames = num_frames.reshape(-1, 1).to(q.device).clamp(1, t_max)
     valid = torch.arange(t_max, device=q.device) < frames  # (B or 1, T_max)
     scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
-    return torch.einsum("bsht,btshd->bshd", torch.softmax(scores, dim=-1), v_cache)
+    # Slots past the count may hold anything (an uninitialized cache, NaN included): zero their values, since
+    # 0 * NaN would still poison the weighted sum.
+    values = torch.where(valid[:, :, None, None, None], v_cache, torch.zeros((), dtype=v_cache.dtype,
+                                                                              device=v_cache.device))
+    return torch.einsum("bsht,btshd->bshd", torch.softmax(scores, dim=-1), values)

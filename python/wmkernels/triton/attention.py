@@ -96,6 +96,10 @@ def _fwd_kernel(Q, K, V, O, LSE, NF, W, Bn,
     for start in range(0, LK, PER_K):
         g_c, j_c = _rows(g0, start, BLOCK_N, PER_K)
         col_ok = (g_c < G) & (j_c < LK)
+        if HAS_NF:  # slots past a batch's count may hold anything (an uninitialized cache): never load them
+            _, b_c = _group_base(g_c, heads, other, ksb, ksx, ksh)
+            lk_c = tl.load(NF + b_c * nf_stride, mask=g_c < G, other=1).to(tl.int32)
+            col_ok = col_ok & (j_c < tl.minimum(tl.maximum(lk_c, 1), LK))
         kbase, _ = _group_base(g_c, heads, other, ksb, ksx, ksh)
         vbase, _ = _group_base(g_c, heads, other, vsb, vsx, vsh)
         k = _load_tile(K, kbase, j_c, ksl, ksd, col_ok, offs_d, D)
