@@ -69,11 +69,16 @@ def run(args) -> None:
         "truncated": lambda g: genie_maskgit_generate(model, prompt, args.new_frames, args.steps, args.temperature,
                                                       "random", g, args.window_stride, truncated=True)[0],
     }
-    results, all_times = {}, {}
+    results, all_times, round_times = {}, {}, []
     # A sampler named twice (e.g. "cached,genie,truncated,cached") runs before and after the slow ones, so that
-    # load drift on a shared machine hits both sides; its median is over all its runs.
-    for name in args.samplers.split(","):
+    # load drift on a shared machine hits both sides; its median is over all its runs. With --rounds N the whole
+    # list runs N times, and each round also gives its own ratios (load drifts less within a round than across).
+    names = args.samplers.split(",")
+    for round_index, name in ((r, n) for r in range(args.rounds) for n in names):
+        if len(round_times) == round_index:
+            round_times.append({})
         times, log = all_times.setdefault(name, []), []
+        first = len(times)
         count_calls(model, log)
         for rep in range(args.reps if name != "cached" else max(args.reps, args.cached_reps)):
             log.clear()  # FLOPs of one run
@@ -87,6 +92,7 @@ def run(args) -> None:
         if name in results and not torch.equal(results[name][3], tokens):
             raise RuntimeError(f"{name} gave different tokens in two runs")
         results[name] = (statistics.median(times), flops, frame_forwards, tokens)
+        round_times[-1].setdefault(name, []).extend(times[first:])
         print(f"  {name}: median {statistics.median(times):.2f} s over {len(times)} run(s)", flush=True)
 
     cache = FrameKVCache.for_model(model, args.batch)
@@ -103,6 +109,20 @@ def run(args) -> None:
         ratio = f"{flops / base[1]:.2f}x" if base else "-"
         same = str(torch.equal(tokens, base[3])) if base else "-"
         print(f"{name:<10} {sec:>9.2f} {fps:>9.3f} {fwd:>10} {flops / 1e9:>9.1f} {speed:>16} {ratio:>11} {same:>12}")
+    if args.rounds > 1 and base:
+        print("\nper round (that round's medians), cached speed-up:")
+        for i, rnd in enumerate(round_times):
+            if "cached" not in rnd:
+                continue
+            ratios = {n: statistics.median(t) / statistics.median(rnd["cached"]) for n, t in rnd.items() if n != "cached"}
+            print(f"  round {i + 1}: cached {statistics.median(rnd['cached']):.2f} s, "
+                  + ", ".join(f"{n} {statistics.median(rnd[n]):.2f} s = {r:.2f}x" for n, r in ratios.items()))
+        for n in results:
+            if n != "cached":
+                per_round = [statistics.median(r[n]) / statistics.median(r["cached"]) for r in round_times
+                             if n in r and "cached" in r]
+                print(f"  {n}: median of the per-round speed-ups {statistics.median(per_round):.2f}x "
+                      f"(range {min(per_round):.2f}-{max(per_round):.2f}x over {len(per_round)} rounds)")
     if "genie" not in results and base:
         # Not run (too slow here): GENIE runs the whole T-frame window at every step of every frame.
         flops = args.new_frames * args.steps * forward_flops(cfg, cfg.T, cfg.T, True)
@@ -128,6 +148,7 @@ def main():
     p.add_argument("--cached-reps", type=int, default=3, help="runs of the (fast) cached sampler")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--samplers", default="cached,genie,truncated,cached")
+    p.add_argument("--rounds", type=int, default=1, help="run the whole sampler list this many times")
     p.add_argument("--window-stride", type=int, default=1, help="frames dropped when the window is full")
     run(p.parse_args())
 

@@ -85,7 +85,7 @@ inline void prefetch_row(const scalar_t* row_ptr, int64_t sd, int64_t d) {
 // kPrefetchRows ahead of the one they read, and the start of the next group while the current one runs.
 // Prefetching whole groups at once does not work: the CPU keeps only ~20 misses in flight and drops or
 // stalls on the rest.
-constexpr int64_t kPrefetchRows = 8;
+constexpr int64_t kPrefetchRows = 16;
 
 template <typename scalar_t>
 inline void prefetch_rows(const scalar_t* base, int64_t n, int64_t sl, int64_t sd, int64_t d) {
