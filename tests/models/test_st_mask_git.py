@@ -150,3 +150,18 @@ def test_bad_tokens_raise():
         model.compute_logits(torch.zeros(1, 11, 4, 4, dtype=torch.long))
     with pytest.raises(TypeError, match="int32 or int64"):
         model.compute_logits(torch.zeros(1, 2, 4, 4))
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_prefill_frame_by_frame_equals_one_pass(qk_norm):
+    # The two ways of filling the cache store the same K/V (up to rounding) and count the same frames.
+    model = tiny_model(seed=3, qk_norm=qk_norm)
+    tokens = torch.randint(0, model.config.image_vocab_size, (2, 5, model.config.S), generator=torch.Generator().manual_seed(0))
+    caches = [model.new_cache(2), model.new_cache(2)]
+    with torch.no_grad():
+        model.prefill(tokens, caches[0], frame_by_frame=False)
+        model.prefill(tokens, caches[1], frame_by_frame=True)
+    for c in caches:
+        assert int(c.num_frames) == 5 and c.host_frames == 5
+    for a, b in ((caches[0].k, caches[1].k), (caches[0].v, caches[1].v)):
+        torch.testing.assert_close(a[:, :, :5], b[:, :, :5], rtol=1e-4, atol=1e-5 * a[:, :, :5].abs().max().item())

@@ -11,7 +11,10 @@ included: see `wmkernels.reference.maskgit` for the order of draws and the two f
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -97,6 +100,29 @@ def _check_args(model, prompt, num_new_frames, steps, temperature, unmask_mode, 
         raise ValueError(f"window_stride={window_stride} must be < T={t_max} to slide the window past T frames")
 
 
+# One idle FrameKVCache per model, reused by the next run of the same shape (a static cache, as LLM decoders keep):
+# a fresh one is 2 x num_layers x T_max frames of memory (256 MiB for GENIE-35M) whose pages the OS has to map and
+# zero again on first touch in every run. Keyed weakly by the model, so nothing outlives it; a run that finds the
+# cache taken (another thread sampling the same model) allocates its own.
+_IDLE_CACHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_IDLE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _sampling_cache(model, batch_size: int):
+    param = next(model.parameters())
+    key = (batch_size, param.dtype, param.device)
+    with _IDLE_LOCK:
+        idle = _IDLE_CACHES.pop(model, None)
+    cache = idle[1] if idle is not None and idle[0] == key else FrameKVCache.for_model(model, batch_size)
+    cache.reset()
+    try:
+        yield cache
+    finally:
+        with _IDLE_LOCK:
+            _IDLE_CACHES[model] = (key, cache)
+
+
 def _frames(num_new_frames: int, progress: bool):
     if progress:
         try:
@@ -125,10 +151,16 @@ def maskgit_generate(model, prompt: torch.Tensor, num_new_frames: int, steps: in
     if not use_cache:
         return GenerationResult(*genie_maskgit_generate(model, prompt, num_new_frames, steps, temperature,
                                                         unmask_mode, generator, window_stride))
+    with _sampling_cache(model, prompt.shape[0]) as cache:
+        return _generate(model, prompt, num_new_frames, steps, temperature, unmask_mode, generator, progress,
+                         window_stride, cache)
+
+
+def _generate(model, prompt, num_new_frames, steps, temperature, unmask_mode, generator, progress, window_stride,
+              cache):
     cfg = model.config
     b, t0 = prompt.shape[:2]
     s, t_max, mask_id = cfg.S, cfg.T, cfg.mask_token_id
-    cache = FrameKVCache.for_model(model, b)
     window = prompt.reshape(b, t0, s).long()
     cached = 0  # frames of `window` whose K/V are in the cache (host bookkeeping, no sync)
     new_frames, first_logits = [], []
