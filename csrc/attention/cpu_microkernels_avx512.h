@@ -142,6 +142,60 @@ struct Avx512Kernels : Avx2Kernels {
     return rstd;
   }
 
+  // layer_norm on `rows` rows of x (leading dimension ld) at once, for the decode's one row per head: with
+  // d a multiple of 16 up to 64 and at most 16 rows, the three row reductions (sum, mean correction, squares)
+  // of all rows go through one lane-transposing add tree each, instead of three dependent horizontal
+  // reductions per row. Otherwise row by row.
+  WMK_AVX512 static void layer_norm_rows(float* x, int64_t rows, int64_t ld, int64_t d, const float* w, const float* b,
+                                         float eps) {
+    if (d % 16 != 0 || d > 64 || rows > 16) {
+      for (int64_t r = 0; r < rows; ++r) layer_norm(x + r * ld, d, w, b, eps, nullptr);
+      return;
+    }
+    const int64_t chunks = d / 16;
+    const __m512 inv_d = _mm512_set1_ps(1.0f / static_cast<float>(d));
+    __m512 acc[16];
+    // Pass 1: row sums (lane r of the tree's result = row r; rows past `rows` stay zero).
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; ++r) {
+      acc[r] = _mm512_setzero_ps();
+      for (int64_t c = 0; c < chunks && r < rows; ++c) acc[r] = _mm512_add_ps(acc[r], _mm512_loadu_ps(x + r * ld + 16 * c));
+    }
+    const __m512 mean0 = _mm512_mul_ps(sum_lanes16(acc), inv_d);
+    // Pass 2: the mean-correction pass of layer_norm_row (a near-constant row must normalize to zeros).
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; ++r) {
+      const __m512 m = lane(mean0, r);
+      acc[r] = _mm512_setzero_ps();
+      for (int64_t c = 0; c < chunks && r < rows; ++c)
+        acc[r] = _mm512_add_ps(acc[r], _mm512_sub_ps(_mm512_loadu_ps(x + r * ld + 16 * c), m));
+    }
+    const __m512 mean = _mm512_fmadd_ps(sum_lanes16(acc), inv_d, mean0);
+    // Pass 3: variance.
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; ++r) {
+      const __m512 m = lane(mean, r);
+      acc[r] = _mm512_setzero_ps();
+      for (int64_t c = 0; c < chunks && r < rows; ++c) {
+        const __m512 v = _mm512_sub_ps(_mm512_loadu_ps(x + r * ld + 16 * c), m);
+        acc[r] = _mm512_fmadd_ps(v, v, acc[r]);
+      }
+    }
+    const __m512 var = _mm512_mul_ps(sum_lanes16(acc), inv_d);
+    const __m512 rstd = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_sqrt_ps(_mm512_add_ps(var, _mm512_set1_ps(eps))));
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m512 mr = lane(mean, static_cast<int>(r)), sr = lane(rstd, static_cast<int>(r));
+      for (int64_t c = 0; c < chunks; ++c) {
+        const __m512 h = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + r * ld + 16 * c), mr), sr);
+        const __m512 bias = b != nullptr ? _mm512_loadu_ps(b + 16 * c) : _mm512_setzero_ps();
+        _mm512_storeu_ps(x + r * ld + 16 * c, _mm512_fmadd_ps(h, _mm512_loadu_ps(w + 16 * c), bias));
+      }
+    }
+  }
+
+  // Lane r of v in every lane.
+  WMK_AVX512 static inline __m512 lane(__m512 v, int r) { return _mm512_permutexvar_ps(_mm512_set1_epi32(r), v); }
+
   WMK_AVX512 static float dot(const float* a, const float* b, int64_t n) {
     __m512 s16 = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {

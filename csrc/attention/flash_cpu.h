@@ -315,34 +315,61 @@ struct FrameWrite {
   const Norm<float>* norm;
 };
 
+// Starts loading one contiguous row of d floats into L2 (not L1: prefetcht0 of the same rows made the decode
+// 2x slower, prefetcht2 made it ~30% faster, GENIE-35M layer, 13 cached frames read from DRAM).
+inline void prefetch_row_l2(const float* row, int64_t d) {
+  for (int64_t o = 0; o < d; o += 16) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    asm volatile("prefetcht2 %0" : : "m"(row[o]));
+#else
+    __builtin_prefetch(row + o, 0, 1);
+#endif
+  }
+}
+
 // Frame decoding (one query frame, float, contiguous head dims) through the kernels' one-row decode: per
 // position and head, the scores, softmax and weighted sum of the cached rows read in place, with nothing
-// packed but the query row. Software prefetching of the next position's rows measured 2-3x slower here: the
-// hardware prefetcher follows the cache's frame-major layout on its own.
+// packed but the query rows. The decode is bound by reading the cache (2 x frames x S x H x D floats per
+// layer and step), so each head's rows at the next position are prefetched into L2 while this one runs.
 template <typename Kern, typename LkOf>
 void decode_forward(const Problem& p, Operand<float> q, Operand<float> k, Operand<float> v, MutOperand<float> out,
                     const Norm<float>& norm, LkOf lk_of, const FrameWrite* write = nullptr) {
-  const int64_t d = p.dim, dv = round_up(d, 16);
+  const int64_t d = p.dim, dv = round_up(d, 16), heads = p.heads;
+  const float scale = static_cast<float>(p.scale);
+  // Rows of every head of one position, normalized together (Kern::layer_norm_rows), 16 heads at a time.
+  auto normalize = [&](float* rows, const Norm<float>& n) {
+    if (!n.on) return;
+    for (int64_t h0 = 0; h0 < heads; h0 += 16)
+      Kern::layer_norm_rows(rows + h0 * dv, std::min<int64_t>(16, heads - h0), dv, d, n.w.data(), n.b.data(), n.eps);
+  };
   at::parallel_for(0, p.batch * p.other, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> row(dv);
+    std::vector<float> rows(heads * dv);
     for (int64_t pos = begin; pos < end; ++pos) {
       const int64_t x = pos % p.other, b = pos / p.other, lk = lk_of(b);
       if (write != nullptr) {
-        for (int64_t h = 0; h < p.heads; ++h) {
-          load_row(write->k.group(b, x, h), write->k.st.d, d, dv, row.data());
-          const Norm<float>& kn = *write->norm;
-          if (kn.on) Kern::layer_norm(row.data(), d, kn.w.data(), kn.b.data(), kn.eps, (float*)nullptr);
-          store_row<Kern>(row.data(), d, 1.0f, write->k_cache.group(b, x, h) + (lk - 1) * write->k_cache.st.l,
+        for (int64_t h = 0; h < heads; ++h) load_row(write->k.group(b, x, h), write->k.st.d, d, dv, rows.data() + h * dv);
+        normalize(rows.data(), *write->norm);
+        for (int64_t h = 0; h < heads; ++h) {
+          store_row<Kern>(rows.data() + h * dv, d, 1.0f, write->k_cache.group(b, x, h) + (lk - 1) * write->k_cache.st.l,
                           write->k_cache.st.d);
-          load_row(write->v.group(b, x, h), write->v.st.d, d, dv, row.data());
-          store_row<Kern>(row.data(), d, 1.0f, write->v_cache.group(b, x, h) + (lk - 1) * write->v_cache.st.l,
+          load_row(write->v.group(b, x, h), write->v.st.d, d, dv, rows.data());
+          store_row<Kern>(rows.data(), d, 1.0f, write->v_cache.group(b, x, h) + (lk - 1) * write->v_cache.st.l,
                           write->v_cache.st.d);
         }
       }
-      for (int64_t h = 0; h < p.heads; ++h) {
-        pack_query_row<Kern>(q.group(b, x, h), q.st.d, d, dv, static_cast<float>(p.scale), norm, row.data(),
-                             (float*)nullptr, (float*)nullptr);
-        Kern::decode_row(row.data(), k.group(b, x, h), k.st.l, v.group(b, x, h), v.st.l, lk, d, out.group(b, x, h));
+      for (int64_t h = 0; h < heads; ++h) load_row(q.group(b, x, h), q.st.d, d, dv, rows.data() + h * dv);
+      normalize(rows.data(), norm);
+      for (int64_t h = 0; h < heads; ++h) {
+        if (pos + 1 < end) {  // head h's cached rows at the next position, into L2 (see above)
+          const int64_t xn = (pos + 1) % p.other, bn = (pos + 1) / p.other, ln = lk_of(bn);
+          for (int64_t j = 0; j < ln; ++j) {
+            prefetch_row_l2(k.group(bn, xn, h) + j * k.st.l, d);
+            prefetch_row_l2(v.group(bn, xn, h) + j * v.st.l, d);
+          }
+        }
+        float* row = rows.data() + h * dv;
+        Kern::scale(row, d, scale, row);
+        Kern::decode_row(row, k.group(b, x, h), k.st.l, v.group(b, x, h), v.st.l, lk, d, out.group(b, x, h));
       }
     }
   });
