@@ -4,7 +4,8 @@ Shape: the GENIE-35M block, B=2, T=16, S=256, 8 heads, head dim 32, float32. Eve
 projection outputs (B, T, S, 3 * H * D) of the spatial and the temporal attention and ends with (B, T, S, H * D),
 so getting into and out of each method's layout is part of its time:
 
-    wmkernels  views of the fused projection, spatial_attention / temporal_attention, a free view at the end
+    wmkernels  the fused projection viewed (B, T, S, 3, H, D), spatial_attention_qkv / temporal_attention_qkv (their
+               backward writes the one fused gradient), a free view at the end
     sdpa       GENIE's rearrange + torch.nn.functional.scaled_dot_product_attention (+ rearrange back)
     explicit   GENIE's explicit path: rearrange, q @ k^T * scale, (causal mask), softmax, @ v, rearrange back
 
@@ -41,13 +42,12 @@ def inputs(requires_grad=False, seed=0):
 
 
 def wmkernels_spatial(x_s):
-    q, k, v = x_s.view(B, T, S, 3, H, D).unbind(3)
-    return wmkernels.spatial_attention(q, k, v).view(B, T, S, H * D)
+    # As wmkernels.nn.SelfAttention does: the fused projection viewed (B, T, S, 3, H, D), handed to the op whole.
+    return wmkernels.spatial_attention_qkv(x_s.view(B, T, S, 3, H, D)).view(B, T, S, H * D)
 
 
 def wmkernels_temporal(x_t):
-    q, k, v = x_t.view(B, T, S, 3, H, D).unbind(3)
-    return wmkernels.temporal_attention(q, k, v, causal=True).view(B, T, S, H * D)
+    return wmkernels.temporal_attention_qkv(x_t.view(B, T, S, 3, H, D), causal=True).view(B, T, S, H * D)
 
 
 def wmkernels_block(x_s, x_t):
@@ -100,14 +100,19 @@ def run_once(method, backward, xs):
 
 
 def timed(fns, repeats):
-    """Interleaved medians (ms) of each zero-argument function."""
+    """Interleaved medians (ms) of each zero-argument function.
+
+    The order rotates from one repeat to the next, so each method follows every other one equally often: what ran
+    just before (the allocator's state after another method freed its buffers) moves a method's time by up to 1.6x
+    here (SDPA: 28 ms after wmkernels, 46 ms after the explicit path), and a fixed order would bias the medians."""
     times = {name: [] for name in fns}
     for fn in fns.values():
         fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
             start = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - start)
     return {name: 1e3 * statistics.median(v) for name, v in times.items()}
 

@@ -40,6 +40,16 @@ TORCH_LIBRARY(wmk, m) {
   m.def("temporal_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
         "bool causal, float scale, Tensor? qk_norm_weight, Tensor? qk_norm_bias, float qk_norm_eps) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The same on a fused projection qkv (B, T, S, 3, H, D) (q, k, v along dim 3): the backward returns one
+  // (B, T, S, 3, H, D) gradient, (dqkv, d_qk_norm_weight, d_qk_norm_bias), so autograd never stacks three.
+  m.def("spatial_attention_qkv(Tensor qkv, float scale, Tensor? qk_norm_weight=None, Tensor? qk_norm_bias=None, "
+        "float qk_norm_eps=1e-05) -> (Tensor, Tensor)");
+  m.def("spatial_attention_qkv_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, float scale, "
+        "Tensor? qk_norm_weight, Tensor? qk_norm_bias, float qk_norm_eps) -> (Tensor, Tensor, Tensor)");
+  m.def("temporal_attention_qkv(Tensor qkv, bool causal, float scale, Tensor? qk_norm_weight=None, "
+        "Tensor? qk_norm_bias=None, float qk_norm_eps=1e-05) -> (Tensor, Tensor)");
+  m.def("temporal_attention_qkv_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, bool causal, "
+        "float scale, Tensor? qk_norm_weight, Tensor? qk_norm_bias, float qk_norm_eps) -> (Tensor, Tensor, Tensor)");
   m.def("frame_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor num_frames, float scale) -> Tensor");
   // One cached decoding step of temporal attention: the current frame's keys (through the qk LayerNorm) and
   // values are written into slot num_frames - 1 of the caches, then its queries (through the same LayerNorm)

@@ -8,6 +8,7 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
@@ -185,12 +186,38 @@ inline void check_frame_decode_step(const at::Tensor& q, const at::Tensor& k, co
 
 using ForwardResult = std::tuple<at::Tensor, at::Tensor>;  // (out, lse)
 using BackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;  // dq dk dv dw db
+using FusedBackwardResult = std::tuple<at::Tensor, at::Tensor, at::Tensor>;                    // dqkv dw db
 using OptTensor = c10::optional<at::Tensor>;
+using NormGrads = std::tuple<at::Tensor, at::Tensor>;  // dw, db (empty without the qk LayerNorm)
 
-// The four schemas' entry points for one device, bound to its generic implementations
-// Forward(op, axis, q, k, v, causal, scale, w, b, eps) and Backward(op, axis, grad_out, q, k, v, out, lse, causal,
-// scale, w, b, eps), so the CPU and CUDA files register the same signatures.
-template <auto Forward, auto Backward>
+// Where a backward writes dq, dk, dv: three tensors of their own, or the three (B, T, S, H, D) views of one
+// (B, T, S, 3, H, D) gradient (`fused`) for attention on a fused qkv projection, so autograd gets that one
+// tensor and never stacks three.
+struct QkvGrads {
+  at::Tensor dq, dk, dv, fused;
+
+  static QkvGrads separate(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool zero) {
+    auto make = [&](const at::Tensor& t) { return zero ? at::zeros(t.sizes(), t.options()) : at::empty(t.sizes(), t.options()); };
+    return {make(q), make(k), make(v), at::Tensor()};
+  }
+  static QkvGrads of_fused(const at::Tensor& qkv, bool zero) {
+    at::Tensor g = zero ? at::zeros(qkv.sizes(), qkv.options()) : at::empty(qkv.sizes(), qkv.options());
+    return {g.select(3, 0), g.select(3, 1), g.select(3, 2), g};
+  }
+};
+
+// A fused projection qkv (B, T, S, 3, H, D) as its q, k, v views.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> split_qkv(const char* op, const at::Tensor& qkv) {
+  TORCH_CHECK_VALUE(qkv.dim() == 6 && qkv.size(3) == 3, op,
+                    ": qkv must be a 6-D (B, T, S, 3, H, D) tensor (q, k, v along dim 3), got shape ", qkv.sizes());
+  return {qkv.select(3, 0), qkv.select(3, 1), qkv.select(3, 2)};
+}
+
+// The ops' entry points for one device, bound to its generic implementations Forward(op, axis, q, k, v, causal,
+// scale, w, b, eps) and Backward(op, axis, grad_out, q, k, v, out, lse, causal, scale, w, b, eps, grads) -> (dw,
+// db), so the CPU and CUDA files register the same signatures. kZeroGrads: the device's backward accumulates into
+// its gradient buffers, which must start at zero.
+template <auto Forward, auto Backward, bool kZeroGrads>
 struct EntryPoints {
   static ForwardResult spatial(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                const OptTensor& w, const OptTensor& b, double eps) {
@@ -203,15 +230,52 @@ struct EntryPoints {
   static BackwardResult spatial_backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                                          const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                                          double scale, const OptTensor& w, const OptTensor& b, double eps) {
-    return Backward("spatial_attention_backward", Axis::kSpatial, grad_out, q, k, v, out, lse, false, scale, w,
-                          b, eps);
+    return separate("spatial_attention_backward", Axis::kSpatial, grad_out, q, k, v, out, lse, false, scale, w, b, eps);
   }
   static BackwardResult temporal_backward(const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
                                           const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
                                           bool causal, double scale, const OptTensor& w, const OptTensor& b,
                                           double eps) {
-    return Backward("temporal_attention_backward", Axis::kTemporal, grad_out, q, k, v, out, lse, causal, scale,
-                          w, b, eps);
+    return separate("temporal_attention_backward", Axis::kTemporal, grad_out, q, k, v, out, lse, causal, scale, w, b,
+                    eps);
+  }
+  static ForwardResult spatial_qkv(const at::Tensor& qkv, double scale, const OptTensor& w, const OptTensor& b,
+                                   double eps) {
+    const auto [q, k, v] = split_qkv("spatial_attention_qkv", qkv);
+    return Forward("spatial_attention_qkv", Axis::kSpatial, q, k, v, false, scale, w, b, eps);
+  }
+  static ForwardResult temporal_qkv(const at::Tensor& qkv, bool causal, double scale, const OptTensor& w,
+                                    const OptTensor& b, double eps) {
+    const auto [q, k, v] = split_qkv("temporal_attention_qkv", qkv);
+    return Forward("temporal_attention_qkv", Axis::kTemporal, q, k, v, causal, scale, w, b, eps);
+  }
+  static FusedBackwardResult spatial_qkv_backward(const at::Tensor& grad_out, const at::Tensor& qkv,
+                                                  const at::Tensor& out, const at::Tensor& lse, double scale,
+                                                  const OptTensor& w, const OptTensor& b, double eps) {
+    return fused("spatial_attention_qkv_backward", Axis::kSpatial, grad_out, qkv, out, lse, false, scale, w, b, eps);
+  }
+  static FusedBackwardResult temporal_qkv_backward(const at::Tensor& grad_out, const at::Tensor& qkv,
+                                                   const at::Tensor& out, const at::Tensor& lse, bool causal,
+                                                   double scale, const OptTensor& w, const OptTensor& b, double eps) {
+    return fused("temporal_attention_qkv_backward", Axis::kTemporal, grad_out, qkv, out, lse, causal, scale, w, b,
+                 eps);
+  }
+
+ private:
+  static BackwardResult separate(const char* op, Axis axis, const at::Tensor& grad_out, const at::Tensor& q,
+                                 const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                                 bool causal, double scale, const OptTensor& w, const OptTensor& b, double eps) {
+    const QkvGrads g = QkvGrads::separate(q, k, v, kZeroGrads);
+    auto [dw, db] = Backward(op, axis, grad_out, q, k, v, out, lse, causal, scale, w, b, eps, g);
+    return {g.dq, g.dk, g.dv, dw, db};
+  }
+  static FusedBackwardResult fused(const char* op, Axis axis, const at::Tensor& grad_out, const at::Tensor& qkv,
+                                   const at::Tensor& out, const at::Tensor& lse, bool causal, double scale,
+                                   const OptTensor& w, const OptTensor& b, double eps) {
+    const auto [q, k, v] = split_qkv(op, qkv);
+    const QkvGrads g = QkvGrads::of_fused(qkv, kZeroGrads);
+    auto [dw, db] = Backward(op, axis, grad_out, q, k, v, out, lse, causal, scale, w, b, eps, g);
+    return {g.fused, dw, db};
   }
 };
 

@@ -121,15 +121,13 @@ std::tuple<at::Tensor, at::Tensor> forward(const char* op, Axis axis, const at::
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
-    const char* op, Axis axis, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
-    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, bool causal, double scale,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps) {
+NormGrads backward(const char* op, Axis axis, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                   const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, bool causal, double scale,
+                   const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
+                   const QkvGrads& grads) {
   const Problem p = check_attention(op, axis, q, k, v, causal, scale, weight, bias, eps);
   check_backward(op, q, grad_out, out, lse);
-  at::Tensor dq = at::empty(q.sizes(), q.options());
-  at::Tensor dk = at::empty(k.sizes(), k.options());
-  at::Tensor dv = at::empty(v.sizes(), v.options());
+  at::Tensor dq = grads.dq, dk = grads.dk, dv = grads.dv;
   at::Tensor dw = at::empty({0}, q.options());
   at::Tensor db = at::empty({0}, q.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "wmk_attention_cpu", [&] {
@@ -158,10 +156,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
       db = total[1].to(bias.has_value() ? bias->scalar_type() : weight->scalar_type(), false, true);
     }
   });
-  return {dq, dk, dv, dw, db};
+  return {dw, db};
 }
 
-using Entry = EntryPoints<&forward, &backward>;
+using Entry = EntryPoints<&forward, &backward, /*kZeroGrads=*/false>;
 
 // The frame counts as a contiguous int64 tensor, each checked against [1, T_max] (on CPU the values are read
 // directly: there is no device to sync with, so out-of-range values raise).
@@ -273,6 +271,10 @@ TORCH_LIBRARY_IMPL(wmk, CPU, m) {
   m.impl("spatial_attention_backward", &Entry::spatial_backward);
   m.impl("temporal_attention", &Entry::temporal);
   m.impl("temporal_attention_backward", &Entry::temporal_backward);
+  m.impl("spatial_attention_qkv", &Entry::spatial_qkv);
+  m.impl("spatial_attention_qkv_backward", &Entry::spatial_qkv_backward);
+  m.impl("temporal_attention_qkv", &Entry::temporal_qkv);
+  m.impl("temporal_attention_qkv_backward", &Entry::temporal_qkv_backward);
   m.impl("frame_decode_attention", &frame_decode_attention_cpu);
   m.impl("frame_decode_step", &frame_decode_step_cpu);
 }

@@ -118,15 +118,13 @@ std::tuple<at::Tensor, at::Tensor> forward(const char* op, Axis axis, const at::
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
-    const char* op, Axis axis, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
-    const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, bool causal, double scale,
-    const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps) {
+NormGrads backward(const char* op, Axis axis, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
+                   const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse, bool causal, double scale,
+                   const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
+                   const QkvGrads& grads) {
   const Problem p = check_attention(op, axis, q, k, v, causal, scale, weight, bias, eps);
   check_backward(op, q, grad_out, out, lse);
-  at::Tensor dq = at::zeros(q.sizes(), q.options());
-  at::Tensor dk = at::zeros(k.sizes(), k.options());
-  at::Tensor dv = at::zeros(v.sizes(), v.options());
+  at::Tensor dq = grads.dq, dk = grads.dk, dv = grads.dv;  // zeroed (kZeroGrads below)
   at::Tensor dw = at::empty({0}, q.options());
   at::Tensor db = at::empty({0}, q.options());
   const c10::cuda::CUDAGuard guard(q.device());
@@ -168,10 +166,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     dw = dnorm[0].to(weight->scalar_type(), false, true);
     db = dnorm[1].to(bias.has_value() ? bias->scalar_type() : weight->scalar_type(), false, true);
   }
-  return {dq, dk, dv, dw, db};
+  return {dw, db};
 }
 
-using Entry = EntryPoints<&forward, &backward>;
+using Entry = EntryPoints<&forward, &backward, /*kZeroGrads=*/true>;
 
 // num_frames is read by the kernel and clamped to [1, T_max] there: no host sync, graph-capturable.
 at::Tensor frame_decode_attention_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
@@ -226,6 +224,10 @@ TORCH_LIBRARY_IMPL(wmk, CUDA, m) {
   m.impl("spatial_attention_backward", &Entry::spatial_backward);
   m.impl("temporal_attention", &Entry::temporal);
   m.impl("temporal_attention_backward", &Entry::temporal_backward);
+  m.impl("spatial_attention_qkv", &Entry::spatial_qkv);
+  m.impl("spatial_attention_qkv_backward", &Entry::spatial_qkv_backward);
+  m.impl("temporal_attention_qkv", &Entry::temporal_qkv);
+  m.impl("temporal_attention_qkv_backward", &Entry::temporal_qkv_backward);
   m.impl("frame_decode_attention", &frame_decode_attention_cuda);
   m.impl("frame_decode_step", &frame_decode_step_cuda);
 }

@@ -5,6 +5,7 @@ Public API:
     factorize_tokens, unfactorize_tokens   the 2^18 = 512 x 512 token factorization of the 1X data
     vq_encode, vq_decode                   nearest-code VQ: fused distance + argmin, and the code gather
     spatial_attention, temporal_attention  factorized attention on the video layout (B, T, S, H, D)
+    spatial_attention_qkv, temporal_attention_qkv   the same on a fused qkv projection (B, T, S, 3, H, D)
     frame_decode_attention                 one frame's queries against a frame KV cache (no host sync)
     frame_decode_step                      the cached sampler's step: write the frame's K/V, then decode
     BACKENDS, BackendUnavailableError      backend choice: backend=... per call, or $WMK_BACKEND
@@ -20,6 +21,7 @@ from importlib import metadata as _metadata
 from wmkernels.config import show_config
 from wmkernels.ops import BACKENDS, BackendUnavailableError, factorize_tokens, unfactorize_tokens
 from wmkernels.ops import frame_decode_attention, frame_decode_step, spatial_attention, temporal_attention
+from wmkernels.ops import spatial_attention_qkv, temporal_attention_qkv
 from wmkernels.ops import fsq_decode, fsq_quantize, lfq_decode, lfq_encode, lfq_entropy_loss
 from wmkernels.ops import vq_decode, vq_encode
 # Frame sampling (the sampling family)
@@ -52,7 +54,9 @@ __all__ = [
     "maskgit_generate",
     "show_config",
     "spatial_attention",
+    "spatial_attention_qkv",
     "temporal_attention",
+    "temporal_attention_qkv",
     "unfactorize_tokens",
     "vq_decode",
     "vq_encode",

@@ -74,6 +74,15 @@ def _attention() -> tuple[bool, str]:
         ref_out = ref_op(q, k, v)
         (ref_grad,) = torch.autograd.grad(ref_out.sum(), qkv)
         ok &= bool(torch.allclose(out, ref_out, atol=1e-10)) and bool(torch.allclose(grad, ref_grad, atol=1e-10))
+    # The fused-projection forms: the same outputs, and one (B, T, S, 3, H, D) gradient.
+    qkv6 = qkv.detach().clone().requires_grad_()
+    for op, ref_op in ((ops.spatial_attention_qkv, ref.spatial_attention), (ops.temporal_attention_qkv,
+                                                                           ref.temporal_attention)):
+        out = op(qkv6)
+        (grad,) = torch.autograd.grad(out.sum(), qkv6)
+        ref_out = ref_op(*qkv6.unbind(3))
+        (ref_grad,) = torch.autograd.grad(ref_out.sum(), qkv6)
+        ok &= bool(torch.allclose(out, ref_out, atol=1e-10)) and bool(torch.allclose(grad, ref_grad, atol=1e-10))
     k_cache, v_cache = (torch.randn(2, 4, 7, 2, 16, generator=_gen(), dtype=torch.float64) for _ in range(2))
     q1 = torch.randn(2, 7, 2, 16, generator=_gen(), dtype=torch.float64)
     num_frames = torch.tensor([2, 4])
@@ -88,8 +97,8 @@ def _attention() -> tuple[bool, str]:
     ok &= bool(torch.allclose(kc[0, 1], kn[0], atol=1e-10)) and bool(torch.equal(vc[1, 3], v1[1]))
     qn = torch.nn.functional.layer_norm(q1, (16,), w, b, 1e-5)
     ok &= bool(torch.allclose(out, ref.frame_decode_attention(qn, kc, vc, num_frames), atol=1e-10))
-    return ok, ("spatial/temporal attention forward and backward (B2 T3 S7 H2 D16), frame_decode_attention, "
-                "frame_decode_step")
+    return ok, ("spatial/temporal attention forward and backward (B2 T3 S7 H2 D16; q, k, v and fused qkv), "
+                "frame_decode_attention, frame_decode_step")
 
 
 #: family name -> (ops it exercises, check returning (passed, description))
@@ -99,7 +108,9 @@ CHECKS: dict[str, tuple[tuple[str, ...], Callable[[], tuple[bool, str]]]] = {
     "fsq": (("wmk::fsq_quantize", "wmk::fsq_quantize_backward", "wmk::fsq_decode"), _fsq),
     "vq": (("wmk::vq_encode", "wmk::vq_decode"), _vq),
     "attention": (("wmk::spatial_attention", "wmk::spatial_attention_backward", "wmk::temporal_attention",
-                   "wmk::temporal_attention_backward", "wmk::frame_decode_attention", "wmk::frame_decode_step"),
+                   "wmk::temporal_attention_backward", "wmk::spatial_attention_qkv",
+                   "wmk::spatial_attention_qkv_backward", "wmk::temporal_attention_qkv",
+                   "wmk::temporal_attention_qkv_backward", "wmk::frame_decode_attention", "wmk::frame_decode_step"),
                   _attention),
 }
 

@@ -29,7 +29,8 @@ def attention_case(draw):
     return dict(axis=axis, shape=(b, t, s, h, d), tk=tk, causal=causal, dtype=draw(st.sampled_from(FLOATS)),
                 layouts=[draw(st.sampled_from(LAYOUTS + ("fused",))) for _ in range(3)],
                 qk_norm=draw(st.sampled_from([None, "weight", "both"])),
-                scale=draw(st.sampled_from([None, 0.0, 0.37, -1.0, 3.0])), seed=draw(st.integers(0, 2**31)))
+                scale=draw(st.sampled_from([None, 0.0, 0.37, -1.0, 3.0])), seed=draw(st.integers(0, 2**31)),
+                fused_op=tk == t and draw(st.booleans()))
 
 
 def make_inputs(c):
@@ -60,6 +61,11 @@ def reference(c, q, k, v, w, bias):
 
 def call(c, q, k, v, w, bias):
     kw = dict(qk_norm_weight=w, qk_norm_bias=bias)
+    if c["fused_op"]:  # the fused-projection ops, on the three stacked (gradients flow back through the stack)
+        qkv = torch.stack((q, k, v), 3)
+        if c["axis"] == "spatial":
+            return wmkernels.spatial_attention_qkv(qkv, c["scale"], **kw)
+        return wmkernels.temporal_attention_qkv(qkv, c["causal"], c["scale"], **kw)
     if c["axis"] == "spatial":
         return wmkernels.spatial_attention(q, k, v, c["scale"], **kw)
     return wmkernels.temporal_attention(q, k, v, c["causal"], c["scale"], **kw)
@@ -215,6 +221,9 @@ BAD_ARGS = [
     ("scale", lambda: wmkernels.spatial_attention(*(_q(1, 2, 3, 1, 4),) * 3, scale=float("nan"))),
     ("scale", lambda: wmkernels.temporal_attention(*(_q(1, 2, 3, 1, 4),) * 3, scale=float("inf"))),
     ("causal", lambda: wmkernels.temporal_attention(*(_q(1, 2, 3, 1, 4),) * 3, causal="yes")),
+    ("qkv", lambda: wmkernels.spatial_attention_qkv(_q(1, 2, 3, 1, 4))),
+    ("qkv", lambda: wmkernels.temporal_attention_qkv(_q(1, 2, 3, 2, 1, 4))),
+    ("qkv", lambda: torch.ops.wmk.spatial_attention_qkv(_q(1, 2, 3, 4, 1, 4), 1.0)),
     ("num_frames", lambda: wmkernels.frame_decode_attention(_q(1, 3, 1, 4), _q(1, 2, 3, 1, 4), _q(1, 2, 3, 1, 4),
                                                             torch.tensor(1.0))),
     ("num_frames", lambda: wmkernels.frame_decode_attention(_q(1, 3, 1, 4), _q(1, 2, 3, 1, 4), _q(1, 2, 3, 1, 4),

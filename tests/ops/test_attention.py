@@ -180,6 +180,79 @@ def check_forward_and_backward(device, backend, axis, shape, layout, qk_norm, dt
             assert torch.equal(t, o), "an input was modified"
 
 
+def fused_qkv(shape, dtype, layout, seed=0):
+    """One (B, T, S, 3, H, D) projection: a Linear's output viewed so, or a copy with the head dim strided."""
+    b, t, s, h, d = shape
+    x = torch.randn(b, t, s, 3 * h * d, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    qkv = x.view(b, t, s, 3, h, d)
+    return qkv.transpose(-1, -2).contiguous().transpose(-1, -2) if layout == "transposed" else qkv
+
+
+FUSED_CASES = [("spatial", (2, 3, 7, 2, 16)), ("spatial", (1, 1, 257, 2, 32)), ("temporal", (2, 16, 5, 3, 32)),
+               ("temporal", (1, 17, 3, 2, 40))]
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("axis,shape", FUSED_CASES, ids=[f"{a}-{s}" for a, s in FUSED_CASES])
+@pytest.mark.parametrize("layout", ["view", "transposed"])
+@pytest.mark.parametrize("qk_norm", [False, True], ids=["plain", "qk_norm"])
+def test_fused_qkv_matches_reference(device, backend, axis, shape, layout, qk_norm):
+    if backend == "triton" and device == "cpu" and shape[2] > 64:
+        pytest.skip("kept small under the Triton interpreter (slow); the fused op runs the Triton kernels tested above")
+    causal = axis == "temporal"
+    for dtype in DTYPES.get(f"{device}-{'cpp' if backend == 'auto' else backend}", [torch.float32]):
+        qkv = fused_qkv(shape, dtype, layout).to(device).requires_grad_()
+        w, b = make_norm(shape[-1], dtype, device=device) if qk_norm else (None, None)
+        extra = [w.clone().requires_grad_(), b.clone().requires_grad_()] if qk_norm else []
+        kw = dict(qk_norm_weight=extra[0], qk_norm_bias=extra[1]) if qk_norm else {}
+        if axis == "spatial":
+            out = wmkernels.spatial_attention_qkv(qkv, backend=backend, **kw)
+        else:
+            out = wmkernels.temporal_attention_qkv(qkv, causal, backend=backend, **kw)
+        assert out.shape == shape and out.is_contiguous()
+        as64 = [qkv.detach().cpu().double().requires_grad_()] + [t.detach().cpu().double().requires_grad_()
+                                                                for t in extra]
+        asx = [qkv.detach().cpu().clone().requires_grad_()] + [t.detach().cpu().clone().requires_grad_() for t in extra]
+        ref64 = ref_attention(axis, *as64[0].unbind(3), causal, *as64[1:])
+        ref_x = ref_attention(axis, *asx[0].unbind(3), causal, *asx[1:])
+        assert_rule(out.detach().cpu(), ref64, ref_x, 2, f"{axis} fused forward {dtype}")
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+        out.backward(grad.to(device)), ref64.backward(grad.double()), ref_x.backward(grad)
+        assert qkv.grad.shape == qkv.shape
+        magnitude = max(t.grad.abs().max().item() for t in as64)
+        for name, t, t64, tx in zip(["qkv", "w", "b"], [qkv] + extra, as64, asx):
+            assert_rule(t.grad.cpu(), t64.grad, tx.grad, 3, f"{axis} fused d{name} {dtype}", magnitude)
+
+
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("axis,shape", FUSED_CASES[:3], ids=[f"{a}-{s}" for a, s in FUSED_CASES[:3]])
+def test_fused_qkv_every_cpu_isa(isa, axis, shape):
+    with _isa(isa):
+        test_fused_qkv_matches_reference("cpu", "auto", axis, shape, "view", True)
+
+
+def test_fused_qkv_gradcheck_opcheck_and_errors():
+    qkv = torch.randn(2, 3, 4, 3, 2, 6, dtype=torch.float64, requires_grad=True)
+    w, b = (t.requires_grad_() for t in make_norm(6, torch.float64))
+    assert torch.autograd.gradcheck(lambda x, w, b: wmkernels.spatial_attention_qkv(x, qk_norm_weight=w, qk_norm_bias=b),
+                                    (qkv, w, b))
+    assert torch.autograd.gradcheck(lambda x: wmkernels.temporal_attention_qkv(x, True), (qkv,))
+    x = torch.randn(2, 3, 5, 3, 2, 8, requires_grad=True)
+    w32, b32 = make_norm(8, torch.float32)
+    torch.library.opcheck(torch.ops.wmk.spatial_attention_qkv, (x, 0.3, w32, b32, 1e-5))
+    torch.library.opcheck(torch.ops.wmk.temporal_attention_qkv, (x, True, 0.3, None, None, 1e-5))
+    xd = x.detach()
+    out, lse = torch.ops.wmk.spatial_attention_qkv(xd, 0.3, w32, b32, 1e-5)
+    g = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.wmk.spatial_attention_qkv_backward, (g, xd, out, lse, 0.3, w32, b32, 1e-5))
+    out, lse = torch.ops.wmk.temporal_attention_qkv(xd, False, 0.3, None, None, 1e-5)
+    torch.library.opcheck(torch.ops.wmk.temporal_attention_qkv_backward, (g, xd, out, lse, False, 0.3, None, None, 1e-5))
+    with pytest.raises(ValueError, match=r"qkv must be a 6-D \(B, T, S, 3, H, D\) tensor"):
+        wmkernels.spatial_attention_qkv(torch.randn(2, 3, 5, 2, 2, 8))
+    with pytest.raises(ValueError, match=r"qkv must be a 6-D \(B, T, S, 3, H, D\) tensor"):
+        torch.ops.wmk.temporal_attention_qkv(torch.randn(2, 3, 5, 6, 8), True, 0.5)
+
+
 @pytest.mark.parametrize("device,backend", BACKENDS)
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("tq,tk", [(1, 16), (3, 17), (16, 16), (5, 9)])

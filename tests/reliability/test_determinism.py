@@ -44,6 +44,19 @@ def attention_case(axis, dtype, qk_norm):
     return fn, [q, k, v, *extra]
 
 
+def fused_attention_case(axis, qk_norm):
+    qkv = torch.randn(2, 16, 48, 3, 4, 32, generator=gen(0))
+    w, b = 1 + 0.3 * torch.randn(32, generator=gen(7)), 0.1 * torch.randn(32, generator=gen(8))
+
+    def fn(qkv, *wb):
+        kw = dict(qk_norm_weight=wb[0], qk_norm_bias=wb[1]) if wb else {}
+        if axis == "spatial":
+            return wmkernels.spatial_attention_qkv(qkv, **kw)
+        return wmkernels.temporal_attention_qkv(qkv, True, **kw)
+
+    return fn, [qkv, w, b] if qk_norm else [qkv]
+
+
 def frame_decode_case(dtype):
     q = torch.randn(3, 64, 4, 32, generator=gen(1)).to(dtype)
     kc, vc = (torch.randn(3, 16, 64, 4, 32, generator=gen(i)).to(dtype) for i in (2, 3))
@@ -91,6 +104,8 @@ CASES = {
     "temporal_attention": lambda: attention_case("temporal", torch.float32, False),
     "temporal_attention_qk_norm": lambda: attention_case("temporal", torch.float32, True),
     "temporal_attention_f64_qk_norm": lambda: attention_case("temporal", torch.float64, True),
+    "spatial_attention_qkv_qk_norm": lambda: fused_attention_case("spatial", True),
+    "temporal_attention_qkv": lambda: fused_attention_case("temporal", False),
     "frame_decode_attention": lambda: frame_decode_case(torch.float32),
     "frame_decode_step": lambda: frame_decode_step_case(torch.float32),
 }

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from wmkernels.ops.attention import frame_decode_step, spatial_attention, temporal_attention
+from wmkernels.ops.attention import frame_decode_step, spatial_attention_qkv, temporal_attention, temporal_attention_qkv
 
 _AXES = ("space", "time")
 
@@ -87,11 +87,13 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, S, C) -> (B, T, S, C)."""
-        q, k, v = self._qkv(x)
+        b, t, s, _ = x.shape
+        # The fused (B, T, S, 3, H, D) projection goes to the op whole: its backward writes one gradient.
+        qkv = self.qkv(x).view(b, t, s, 3, self.num_heads, self.head_dim)
         if self.axis == "space":
-            o = spatial_attention(q, k, v, self.scale, backend=self.backend, **self._norm_kwargs())
+            o = spatial_attention_qkv(qkv, self.scale, backend=self.backend, **self._norm_kwargs())
         else:
-            o = temporal_attention(q, k, v, self.causal, self.scale, backend=self.backend, **self._norm_kwargs())
+            o = temporal_attention_qkv(qkv, self.causal, self.scale, backend=self.backend, **self._norm_kwargs())
         return self._out(o)
 
     def forward_prefill(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:

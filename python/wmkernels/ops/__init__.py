@@ -2,6 +2,7 @@
 from wmkernels import _extension  # noqa: F401  (loads the extension, which registers torch.ops.wmk)
 from wmkernels.ops._backend import BACKENDS, BackendUnavailableError
 from wmkernels.ops.attention import frame_decode_attention, frame_decode_step, spatial_attention, temporal_attention
+from wmkernels.ops.attention import spatial_attention_qkv, temporal_attention_qkv
 from wmkernels.ops.fsq import fsq_decode, fsq_quantize
 from wmkernels.ops.lfq import lfq_decode, lfq_encode, lfq_entropy_loss
 from wmkernels.ops.tokens import factorize_tokens, unfactorize_tokens
@@ -19,7 +20,9 @@ __all__ = [
     "lfq_encode",
     "lfq_entropy_loss",
     "spatial_attention",
+    "spatial_attention_qkv",
     "temporal_attention",
+    "temporal_attention_qkv",
     "unfactorize_tokens",
     "vq_decode",
     "vq_encode",

@@ -6,6 +6,8 @@
                        qk_norm_eps=1e-5, backend=None)
         attention over the frames at each spatial position, per (b, s, h); k/v may hold Tk >= Tq frames, the
         causal mask aligned to the end (query frame i sees key frames j <= i + Tk - Tq).
+    spatial_attention_qkv(qkv, ...), temporal_attention_qkv(qkv, causal=True, ...)
+        the same on a fused projection qkv (B, T, S, 3, H, D); the backward writes one fused gradient.
     frame_decode_attention(q, k_cache, v_cache, num_frames, scale=None, *, backend=None)
         one frame's queries against a KV cache of frames, the frame count read on the device (no host sync).
     frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale=None, *, qk_norm_weight=None, ..., backend=None)
@@ -195,6 +197,63 @@ def temporal_attention(
     return torch.ops.wmk.temporal_attention(q, k, v, causal, scale, qk_norm_weight, qk_norm_bias, qk_norm_eps)[0]
 
 
+def _split_qkv(op: str, qkv: torch.Tensor):
+    check_tensor(qkv, "qkv")
+    if qkv.dim() != 6 or qkv.shape[3] != 3:
+        raise ValueError(f"{op}: qkv must be a 6-D (B, T, S, 3, H, D) tensor (q, k, v along dim 3), got shape "
+                         f"{tuple(qkv.shape)}")
+    return qkv.unbind(3)
+
+
+def spatial_attention_qkv(
+    qkv: torch.Tensor,
+    scale: float | None = None,
+    *,
+    qk_norm_weight: torch.Tensor | None = None,
+    qk_norm_bias: torch.Tensor | None = None,
+    qk_norm_eps: float = 1e-5,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """spatial_attention on a fused projection: qkv (B, T, S, 3, H, D), any strides (e.g. a qkv Linear's output
+    viewed so), q, k, v along dim 3. Same result as spatial_attention(*qkv.unbind(3)); its backward writes one
+    (B, T, S, 3, H, D) gradient instead of three that autograd then stacks (one fewer pass over the activations).
+    """
+    op = "spatial_attention_qkv"
+    q, k, v = _split_qkv(op, qkv)
+    impl = _gpu_path(op, _backend.select(backend, qkv.device, op), qkv.device, qkv.shape[-1])
+    if impl in ("reference", "triton"):
+        return spatial_attention(q, k, v, scale, qk_norm_weight=qk_norm_weight, qk_norm_bias=qk_norm_bias,
+                                 qk_norm_eps=qk_norm_eps, backend=impl)
+    _check_qkv(op, q, k, v, temporal=False, causal=False)
+    _check_norm(op, q, qk_norm_weight, qk_norm_bias, qk_norm_eps)
+    return torch.ops.wmk.spatial_attention_qkv(qkv, _scale(q, scale), qk_norm_weight, qk_norm_bias, qk_norm_eps)[0]
+
+
+def temporal_attention_qkv(
+    qkv: torch.Tensor,
+    causal: bool = True,
+    scale: float | None = None,
+    *,
+    qk_norm_weight: torch.Tensor | None = None,
+    qk_norm_bias: torch.Tensor | None = None,
+    qk_norm_eps: float = 1e-5,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """temporal_attention on a fused projection qkv (B, T, S, 3, H, D) (see spatial_attention_qkv)."""
+    op = "temporal_attention_qkv"
+    if not isinstance(causal, bool):
+        raise TypeError(f"{op}: causal must be a bool, got {type(causal).__name__}")
+    q, k, v = _split_qkv(op, qkv)
+    impl = _gpu_path(op, _backend.select(backend, qkv.device, op), qkv.device, qkv.shape[-1])
+    if impl in ("reference", "triton"):
+        return temporal_attention(q, k, v, causal, scale, qk_norm_weight=qk_norm_weight, qk_norm_bias=qk_norm_bias,
+                                  qk_norm_eps=qk_norm_eps, backend=impl)
+    _check_qkv(op, q, k, v, temporal=True, causal=causal)
+    _check_norm(op, q, qk_norm_weight, qk_norm_bias, qk_norm_eps)
+    return torch.ops.wmk.temporal_attention_qkv(qkv, causal, _scale(q, scale), qk_norm_weight, qk_norm_bias,
+                                                qk_norm_eps)[0]
+
+
 def frame_decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -362,6 +421,32 @@ def _temporal_backward_fake(grad_out, q, k, v, out, lse, causal, scale, qk_norm_
     return _backward_fake(q, k, v, qk_norm_weight, qk_norm_bias)
 
 
+@torch.library.register_fake("wmk::spatial_attention_qkv")
+def _spatial_qkv_fake(qkv, scale, qk_norm_weight=None, qk_norm_bias=None, qk_norm_eps=1e-5):
+    shape = (*qkv.shape[:3], *qkv.shape[4:])
+    return qkv.new_empty(shape), qkv.new_empty(shape[:4], dtype=_lse_dtype(qkv.dtype))
+
+
+@torch.library.register_fake("wmk::temporal_attention_qkv")
+def _temporal_qkv_fake(qkv, causal, scale, qk_norm_weight=None, qk_norm_bias=None, qk_norm_eps=1e-5):
+    return _spatial_qkv_fake(qkv, scale)
+
+
+def _fused_backward_fake(qkv, weight, bias):
+    dw, db = _backward_fake(qkv, qkv, qkv, weight, bias)[3:]
+    return qkv.new_empty(qkv.shape), dw, db
+
+
+@torch.library.register_fake("wmk::spatial_attention_qkv_backward")
+def _spatial_qkv_backward_fake(grad_out, qkv, out, lse, scale, qk_norm_weight, qk_norm_bias, qk_norm_eps):
+    return _fused_backward_fake(qkv, qk_norm_weight, qk_norm_bias)
+
+
+@torch.library.register_fake("wmk::temporal_attention_qkv_backward")
+def _temporal_qkv_backward_fake(grad_out, qkv, out, lse, causal, scale, qk_norm_weight, qk_norm_bias, qk_norm_eps):
+    return _fused_backward_fake(qkv, qk_norm_weight, qk_norm_bias)
+
+
 @torch.library.register_fake("wmk::frame_decode_attention")
 def _frame_decode_fake(q, k_cache, v_cache, num_frames, scale):
     return q.new_empty(q.shape)
@@ -408,6 +493,44 @@ def _temporal_backward(ctx, grad_out, grad_lse):
     return dq, dk, dv, None, None, *_norm_grads(ctx, dw, db), None
 
 
+def _setup_qkv(ctx, inputs, output, temporal: bool):
+    if temporal:
+        qkv, causal, scale, weight, bias, eps = inputs
+    else:
+        (qkv, scale, weight, bias, eps), causal = inputs, False
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(qkv, out, lse, weight, bias)
+    ctx.causal, ctx.scale, ctx.eps = causal, scale, eps
+
+
+def _qkv_norm_grads(ctx, dw, db):
+    weight, bias = ctx.saved_tensors[3], ctx.saved_tensors[4]
+    return (dw if weight is not None else None), (db if bias is not None else None)
+
+
+def _spatial_qkv_backward(ctx, grad_out, grad_lse):
+    qkv, out, lse, weight, bias = ctx.saved_tensors
+    dqkv, dw, db = torch.ops.wmk.spatial_attention_qkv_backward(grad_out, qkv, out, lse, ctx.scale, weight, bias,
+                                                                ctx.eps)
+    return dqkv, None, *_qkv_norm_grads(ctx, dw, db), None
+
+
+def _temporal_qkv_backward(ctx, grad_out, grad_lse):
+    qkv, out, lse, weight, bias = ctx.saved_tensors
+    dqkv, dw, db = torch.ops.wmk.temporal_attention_qkv_backward(grad_out, qkv, out, lse, ctx.causal, ctx.scale,
+                                                                 weight, bias, ctx.eps)
+    return dqkv, None, None, *_qkv_norm_grads(ctx, dw, db), None
+
+
+torch.library.register_autograd(
+    "wmk::spatial_attention_qkv", _spatial_qkv_backward,
+    setup_context=lambda ctx, inputs, output: _setup_qkv(ctx, inputs, output, False)
+)
+torch.library.register_autograd(
+    "wmk::temporal_attention_qkv", _temporal_qkv_backward,
+    setup_context=lambda ctx, inputs, output: _setup_qkv(ctx, inputs, output, True)
+)
 torch.library.register_autograd(
     "wmk::spatial_attention", _spatial_backward, setup_context=lambda ctx, inputs, output: _setup(ctx, inputs, output, False)
 )
