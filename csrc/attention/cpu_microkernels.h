@@ -91,7 +91,7 @@ struct PortableKernels {
 
 struct Avx2Kernels {
   static constexpr bool kHasShort = true;
-  static constexpr bool kHasGemmTn = false;
+  static constexpr bool kHasGemmTn = true;
   static constexpr bool kHasDecodeRow = false;
   static constexpr int64_t kShortKeys = 16;
   static bool usable() {
@@ -118,34 +118,57 @@ struct Avx2Kernels {
     return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
   }
 
-  WMK_AVX2 static void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t m,
-                            int64_t n, int64_t k, bool accumulate) {
-    // Column panels outside, so a 16-wide panel of B stays in L1 while every 4-row block of A passes.
-    for (int64_t j = 0; j < n; j += 16) {
-      for (int64_t i = 0; i < m; i += 4) {
-        float* c0 = c + i * ldc + j;
-        __m256 acc[4][2];
-        for (int r = 0; r < 4; ++r) {
-          acc[r][0] = accumulate ? _mm256_loadu_ps(c0 + r * ldc) : _mm256_setzero_ps();
-          acc[r][1] = accumulate ? _mm256_loadu_ps(c0 + r * ldc + 8) : _mm256_setzero_ps();
-        }
-        const float* a0 = a + i * lda;
-        const float* bp = b + j;
-        for (int64_t kk = 0; kk < k; ++kk) {
-          const __m256 b0 = _mm256_loadu_ps(bp + kk * ldb);
-          const __m256 b1 = _mm256_loadu_ps(bp + kk * ldb + 8);
-          for (int r = 0; r < 4; ++r) {
-            const __m256 av = _mm256_broadcast_ss(a0 + r * lda + kk);
-            acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
-          }
-        }
-        for (int r = 0; r < 4; ++r) {
-          _mm256_storeu_ps(c0 + r * ldc, acc[r][0]);
-          _mm256_storeu_ps(c0 + r * ldc + 8, acc[r][1]);
-        }
+  // One MR x 16 tile of C (+)= A B over k; A read transposed (A[kk][r] at a + kk * lda + r) when TransA. Six rows
+  // make 12 accumulators, which with the two B vectors and a broadcast fill 15 of the 16 ymm registers.
+  template <int MR, bool TransA>
+  WMK_AVX2 static inline void tile16(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                                     int64_t k, bool accumulate) {
+    __m256 acc[MR][2];
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      acc[r][0] = accumulate ? _mm256_loadu_ps(c + r * ldc) : _mm256_setzero_ps();
+      acc[r][1] = accumulate ? _mm256_loadu_ps(c + r * ldc + 8) : _mm256_setzero_ps();
+    }
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const __m256 b0 = _mm256_loadu_ps(b + kk * ldb);
+      const __m256 b1 = _mm256_loadu_ps(b + kk * ldb + 8);
+#pragma GCC unroll 6
+      for (int r = 0; r < MR; ++r) {
+        const __m256 av = _mm256_broadcast_ss(TransA ? a + kk * lda + r : a + r * lda + kk);
+        acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
       }
     }
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; ++r) {
+      _mm256_storeu_ps(c + r * ldc, acc[r][0]);
+      _mm256_storeu_ps(c + r * ldc + 8, acc[r][1]);
+    }
+  }
+
+  template <bool TransA>
+  WMK_AVX2 static void gemm_impl(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                                 int64_t m, int64_t n, int64_t k, bool accumulate) {
+    // Column panels outside, so a 16-wide panel of B stays in L1 while the row blocks of A pass; m is a multiple
+    // of 4, so after the 6-row blocks 0, 2 or 4 rows remain.
+    auto a_rows = [&](int64_t i) { return TransA ? a + i : a + i * lda; };
+    for (int64_t j = 0; j < n; j += 16) {
+      int64_t i = 0;
+      for (; i + 6 <= m; i += 6) tile16<6, TransA>(a_rows(i), lda, b + j, ldb, c + i * ldc + j, ldc, k, accumulate);
+      if (m - i == 4) tile16<4, TransA>(a_rows(i), lda, b + j, ldb, c + i * ldc + j, ldc, k, accumulate);
+      if (m - i == 2) tile16<2, TransA>(a_rows(i), lda, b + j, ldb, c + i * ldc + j, ldc, k, accumulate);
+    }
+  }
+
+  WMK_AVX2 static void gemm(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int64_t m,
+                            int64_t n, int64_t k, bool accumulate) {
+    gemm_impl<false>(a, lda, b, ldb, c, ldc, m, n, k, accumulate);
+  }
+
+  // C[M x N] (+)= A^T B with A stored K x M: the backward's P^T dO and dS^T Q without a transposed copy.
+  WMK_AVX2 static void gemm_tn(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                               int64_t m, int64_t n, int64_t k, bool accumulate) {
+    gemm_impl<true>(a, lda, b, ldb, c, ldc, m, n, k, accumulate);
   }
 
   // One tile of mq query rows against nk <= 16 keys (temporal attention: T frames), entirely in registers:
