@@ -107,7 +107,7 @@ def run(args) -> None:
         fps = args.batch * args.new_frames / sec
         speed = f"{sec / base[0]:.2f}x" if base else "-"
         ratio = f"{flops / base[1]:.2f}x" if base else "-"
-        same = str(torch.equal(tokens, base[3])) if base else "-"
+        same = str(torch.equal(tokens, base[3])) if base and name != "cached" else "-"
         print(f"{name:<10} {sec:>9.2f} {fps:>9.3f} {fwd:>10} {flops / 1e9:>9.1f} {speed:>16} {ratio:>11} {same:>12}")
     if args.rounds > 1 and base:
         print("\nper round (that round's medians), cached speed-up:")
