@@ -172,16 +172,14 @@ inline void check_frame_decode_step(const at::Tensor& q, const at::Tensor& k, co
   TORCH_CHECK_VALUE(k.sizes() == q.sizes() && v.sizes() == q.sizes(), op,
                     ": k and v (the current frame's) must have q's shape (B, S, H, D) = ", q.sizes(), ", got ",
                     k.sizes(), " and ", v.sizes());
-  check_same(q, k, op, "k");
-  check_same(q, v, op, "v");
+  // The qk LayerNorm's weights, and k's and v's dtype and device: the attention ops' checks on a one-frame view.
+  check_attention(op, Axis::kTemporal, q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), false, scale, weight, bias, eps);
   for (const auto* t : {&k_cache, &v_cache}) {
     TORCH_CHECK_VALUE(at::has_internal_overlap(*t) != at::MemOverlap::Yes, op, ": ",
                       t == &k_cache ? "k_cache" : "v_cache",
                       " is written in place, so no two of its elements may share memory (an expanded view?), got "
                       "strides ", t->strides());
   }
-  // The qk LayerNorm's weights: the same checks as the attention ops (on a one-frame view of q).
-  check_attention(op, Axis::kTemporal, q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), false, scale, weight, bias, eps);
 }
 
 using ForwardResult = std::tuple<at::Tensor, at::Tensor>;  // (out, lse)
@@ -197,12 +195,16 @@ struct QkvGrads {
   at::Tensor dq, dk, dv, fused;
 
   static QkvGrads separate(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool zero) {
-    auto make = [&](const at::Tensor& t) { return zero ? at::zeros(t.sizes(), t.options()) : at::empty(t.sizes(), t.options()); };
-    return {make(q), make(k), make(v), at::Tensor()};
+    return {like(q, zero), like(k, zero), like(v, zero), at::Tensor()};
   }
   static QkvGrads of_fused(const at::Tensor& qkv, bool zero) {
-    at::Tensor g = zero ? at::zeros(qkv.sizes(), qkv.options()) : at::empty(qkv.sizes(), qkv.options());
+    at::Tensor g = like(qkv, zero);
     return {g.select(3, 0), g.select(3, 1), g.select(3, 2), g};
+  }
+
+ private:
+  static at::Tensor like(const at::Tensor& t, bool zero) {
+    return zero ? at::zeros(t.sizes(), t.options()) : at::empty(t.sizes(), t.options());
   }
 };
 

@@ -151,15 +151,9 @@ void short_backward(const Problem& p, const BackwardArgs<scalar_t, acc_t>& a) {
     for (int64_t pos = begin; pos < end; ++pos) {
       const int64_t x = pos % p.other, b = pos / p.other, lk = p.lk;
       const NextPosition<scalar_t> next(pos, end, p.other);
-      for (int64_t j = 0; j < lk; ++j) {
-        next.prefetch(a.k, heads, j, d);
-        next.prefetch(a.v, heads, j, d);
-        for (int64_t h = 0; h < heads; ++h)
-          pack_key_row<Kern>(a.k.group(b, x, h) + j * a.k.st.l, a.k.st.d, a.v.group(b, x, h) + j * a.v.st.l,
-                             a.v.st.d, j, d, *a.norm, true, hds[h].pack);
-      }
+      pack_position_keys<Kern>(p, a.k, a.v, b, x, lk, next, lk, *a.norm, true,
+                               [&](int64_t h) -> KeyPack<acc_t>& { return hds[h].pack; });
       for (auto& hd : hds) {
-        finish_keys<Kern>(lk, true, hd.pack);
         std::fill(hd.dkt.begin(), hd.dkt.end(), acc_t(0));
         std::fill(hd.dvt.begin(), hd.dvt.end(), acc_t(0));
       }

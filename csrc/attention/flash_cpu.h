@@ -253,11 +253,11 @@ struct NextPosition {
   }
 };
 
-// Packs keys 0..lk-1 of every head of position (b, x), frame by frame.
-template <typename Kern, typename scalar_t, typename acc_t>
+// Packs keys 0..lk-1 of every head of position (b, x), frame by frame, into pack_of(h) (a KeyPack<acc_t>&).
+template <typename Kern, typename scalar_t, typename acc_t, typename PackOf>
 void pack_position_keys(const Problem& p, const Operand<scalar_t>& k, const Operand<scalar_t>& v, int64_t b,
                         int64_t x, int64_t lk, const NextPosition<scalar_t>& next, int64_t next_lk,
-                        const Norm<acc_t>& norm, bool backward, std::vector<KeyPack<acc_t>>& packs) {
+                        const Norm<acc_t>& norm, bool backward, PackOf pack_of) {
   for (int64_t j = 0; j < lk; ++j) {
     if (j < next_lk) {
       next.prefetch(k, p.heads, j, p.dim);
@@ -265,9 +265,9 @@ void pack_position_keys(const Problem& p, const Operand<scalar_t>& k, const Oper
     }
     for (int64_t h = 0; h < p.heads; ++h)
       pack_key_row<Kern>(k.group(b, x, h) + j * k.st.l, k.st.d, v.group(b, x, h) + j * v.st.l, v.st.d, j, p.dim,
-                         norm, backward, packs[h]);
+                         norm, backward, pack_of(h));
   }
-  for (auto& pack : packs) finish_keys<Kern>(lk, backward, pack);
+  for (int64_t h = 0; h < p.heads; ++h) finish_keys<Kern>(lk, backward, pack_of(h));
 }
 
 template <typename scalar_t, typename acc_t, typename Kern, typename LkOf>
@@ -283,7 +283,8 @@ void short_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, O
     for (int64_t pos = begin; pos < end; ++pos) {
       const int64_t x = pos % p.other, b = pos / p.other, lk = lk_of(b);
       const NextPosition<scalar_t> next(pos, end, p.other);
-      pack_position_keys<Kern>(p, k, v, b, x, lk, next, next.valid ? lk_of(next.b) : 0, norm, false, packs);
+      pack_position_keys<Kern>(p, k, v, b, x, lk, next, next.valid ? lk_of(next.b) : 0, norm, false,
+                               [&](int64_t h) -> KeyPack<acc_t>& { return packs[h]; });
       for (int64_t i0 = 0; i0 < lq; i0 += kShortTileQ) {
         const int64_t mq = std::min(kShortTileQ, lq - i0);
         for (int64_t r = 0; r < mq; ++r) {
@@ -359,13 +360,12 @@ void decode_forward(const Problem& p, Operand<float> q, Operand<float> k, Operan
       }
       for (int64_t h = 0; h < heads; ++h) load_row(q.group(b, x, h), q.st.d, d, dv, rows.data() + h * dv);
       normalize(rows.data(), norm);
+      const NextPosition<float> next(pos, end, p.other);
+      const int64_t next_lk = next.valid ? lk_of(next.b) : 0;
       for (int64_t h = 0; h < heads; ++h) {
-        if (pos + 1 < end) {  // head h's cached rows at the next position, into L2 (see above)
-          const int64_t xn = (pos + 1) % p.other, bn = (pos + 1) / p.other, ln = lk_of(bn);
-          for (int64_t j = 0; j < ln; ++j) {
-            prefetch_row_l2(k.group(bn, xn, h) + j * k.st.l, d);
-            prefetch_row_l2(v.group(bn, xn, h) + j * v.st.l, d);
-          }
+        for (int64_t j = 0; j < next_lk; ++j) {  // head h's cached rows at the next position, into L2 (see above)
+          prefetch_row_l2(k.group(next.b, next.x, h) + j * k.st.l, d);
+          prefetch_row_l2(v.group(next.b, next.x, h) + j * v.st.l, d);
         }
         float* row = rows.data() + h * dv;
         Kern::scale(row, d, scale, row);

@@ -461,19 +461,18 @@ def _frame_decode_step_fake(q, k, v, k_cache, v_cache, num_frames, scale, qk_nor
 # --- autograd: the backward ops recompute attention from the saved log-sum-exp ---------------------------------
 
 
-def _setup(ctx, inputs, output, temporal: bool):
-    if temporal:
-        q, k, v, causal, scale, weight, bias, eps = inputs
-    else:
-        (q, k, v, scale, weight, bias, eps), causal = inputs, False
+def _setup(ctx, inputs, output, temporal: bool, tensors: int = 3):
+    """Saves the op's first `tensors` inputs (q, k, v, or the fused qkv), out, lse and the qk LayerNorm weights."""
+    rest = inputs[tensors:]
+    causal, rest = (rest[0], rest[1:]) if temporal else (False, rest)
+    scale, weight, bias, eps = rest
     out, lse = output
     ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, out, lse, weight, bias)
+    ctx.save_for_backward(*inputs[:tensors], out, lse, weight, bias)
     ctx.causal, ctx.scale, ctx.eps = causal, scale, eps
 
 
-def _norm_grads(ctx, dw, db):
-    weight, bias = ctx.saved_tensors[5], ctx.saved_tensors[6]
+def _norm_grads(weight, bias, dw, db):
     return (dw if weight is not None else None), (db if bias is not None else None)
 
 
@@ -482,7 +481,7 @@ def _spatial_backward(ctx, grad_out, grad_lse):
     dq, dk, dv, dw, db = torch.ops.wmk.spatial_attention_backward(
         grad_out, q, k, v, out, lse, ctx.scale, weight, bias, ctx.eps
     )
-    return dq, dk, dv, None, *_norm_grads(ctx, dw, db), None
+    return dq, dk, dv, None, *_norm_grads(weight, bias, dw, db), None
 
 
 def _temporal_backward(ctx, grad_out, grad_lse):
@@ -490,46 +489,30 @@ def _temporal_backward(ctx, grad_out, grad_lse):
     dq, dk, dv, dw, db = torch.ops.wmk.temporal_attention_backward(
         grad_out, q, k, v, out, lse, ctx.causal, ctx.scale, weight, bias, ctx.eps
     )
-    return dq, dk, dv, None, None, *_norm_grads(ctx, dw, db), None
-
-
-def _setup_qkv(ctx, inputs, output, temporal: bool):
-    if temporal:
-        qkv, causal, scale, weight, bias, eps = inputs
-    else:
-        (qkv, scale, weight, bias, eps), causal = inputs, False
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(qkv, out, lse, weight, bias)
-    ctx.causal, ctx.scale, ctx.eps = causal, scale, eps
-
-
-def _qkv_norm_grads(ctx, dw, db):
-    weight, bias = ctx.saved_tensors[3], ctx.saved_tensors[4]
-    return (dw if weight is not None else None), (db if bias is not None else None)
+    return dq, dk, dv, None, None, *_norm_grads(weight, bias, dw, db), None
 
 
 def _spatial_qkv_backward(ctx, grad_out, grad_lse):
     qkv, out, lse, weight, bias = ctx.saved_tensors
     dqkv, dw, db = torch.ops.wmk.spatial_attention_qkv_backward(grad_out, qkv, out, lse, ctx.scale, weight, bias,
                                                                 ctx.eps)
-    return dqkv, None, *_qkv_norm_grads(ctx, dw, db), None
+    return dqkv, None, *_norm_grads(weight, bias, dw, db), None
 
 
 def _temporal_qkv_backward(ctx, grad_out, grad_lse):
     qkv, out, lse, weight, bias = ctx.saved_tensors
     dqkv, dw, db = torch.ops.wmk.temporal_attention_qkv_backward(grad_out, qkv, out, lse, ctx.causal, ctx.scale,
                                                                  weight, bias, ctx.eps)
-    return dqkv, None, None, *_qkv_norm_grads(ctx, dw, db), None
+    return dqkv, None, None, *_norm_grads(weight, bias, dw, db), None
 
 
 torch.library.register_autograd(
     "wmk::spatial_attention_qkv", _spatial_qkv_backward,
-    setup_context=lambda ctx, inputs, output: _setup_qkv(ctx, inputs, output, False)
+    setup_context=lambda ctx, inputs, output: _setup(ctx, inputs, output, False, tensors=1)
 )
 torch.library.register_autograd(
     "wmk::temporal_attention_qkv", _temporal_qkv_backward,
-    setup_context=lambda ctx, inputs, output: _setup_qkv(ctx, inputs, output, True)
+    setup_context=lambda ctx, inputs, output: _setup(ctx, inputs, output, True, tensors=1)
 )
 torch.library.register_autograd(
     "wmk::spatial_attention", _spatial_backward, setup_context=lambda ctx, inputs, output: _setup(ctx, inputs, output, False)
