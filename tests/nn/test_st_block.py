@@ -60,7 +60,11 @@ def test_st_block_matches_reference(qk_norm, shape):
     ref = _perturb_(GenieSTBlock(num_heads=HEADS, d_model=D_MODEL, qk_norm=qk_norm, qkv_bias=True))
     ours = STBlock(D_MODEL, HEADS, qk_norm=qk_norm, qkv_bias=True)
     ours.load_state_dict(ref.state_dict())
-    x = torch.randn(b, t, s, D_MODEL)
+    # A fixed input: with qk_norm off (LayerNorms of perturbed weights before and after the attentions), a single
+    # draw's fp32 error swings ~3x around the reference's: unseeded inputs failed the 2x rule in 12 and 4 of 300
+    # draws for (2, 3, 7) and (3, 17, 5), and with the pure-PyTorch reference attention backend in 15 and 3 of 300,
+    # so the spread is the statistic's, not a kernel's (as for the STTransformer test below).
+    x = torch.randn(b, t, s, D_MODEL, generator=torch.Generator().manual_seed(0))
     want64 = ref.double()(x.double())
     ref_err32 = _max_err(ref.float()(x), want64)
     err32 = _max_err(ours(x), want64)
