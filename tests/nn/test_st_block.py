@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from wmkernels.nn import FrameKVCache, SelfAttention, STBlock, STTransformer
+from wmkernels.nn.st_block import Mlp
 from wmkernels.reference.genie import GenieSelfAttention, GenieSTBlock, GenieSTTransformer
 
 D_MODEL, HEADS = 32, 4
@@ -140,6 +141,32 @@ def test_cached_paths_equal_full_forward(qk_norm):
     scale = full.abs().max().item()
     assert _max_err(pre, full[:, :3]) <= 1e-5 * scale
     assert _max_err(dec, full[:, 3:4]) <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "frozen"])
+def test_mlp_without_autograd_equals_autograd_path(mode):
+    # Without autograd the MLP applies GELU in place on fc1's output; it must give the autograd path's result,
+    # leave its input alone, and still go back to the out-of-place GELU whenever a gradient is needed.
+    mlp = _perturb_(Mlp(D_MODEL, mlp_ratio=4.0))
+    x = torch.randn(3, 5, D_MODEL, requires_grad=True)
+    want = mlp(x)
+    want.sum().backward()  # the autograd path works
+    ref64 = mlp.double()(x.detach().double())
+    mlp.float()
+    x0 = x.detach().clone()
+    if mode == "no_grad":
+        with torch.no_grad():
+            got = mlp(x)
+    elif mode == "inference_mode":
+        with torch.inference_mode():
+            got = mlp(x.detach())
+    else:  # grad enabled, but neither the weights nor the input need it
+        frozen = copy.deepcopy(mlp).requires_grad_(False)
+        got = frozen(x.detach())
+        assert not got.requires_grad
+    assert torch.equal(x.detach(), x0)
+    assert torch.equal(got, want.detach())
+    assert _max_err(got, ref64) <= 1e-5 * ref64.abs().max().item()
 
 
 def test_bad_layer_arguments():
