@@ -24,31 +24,34 @@ from wmkernels.reference.maskgit import genie_maskgit_generate
 from wmkernels.sampling import maskgit_generate
 
 
-def forward_flops(cfg: STMaskGITConfig, frames: int, keys: int, logits: bool) -> float:
-    """Matmul FLOPs of a forward over `frames` frames whose temporal attention sees `keys` frames per query."""
+def forward_flops(cfg: STMaskGITConfig, frames: int, keys: int, logit_frames: int) -> float:
+    """Matmul FLOPs of a forward over `frames` frames whose temporal attention sees `keys` frames per query, with
+    the output head run on `logit_frames` of them."""
     d, s = cfg.d_model, cfg.S
     hidden = int(d * cfg.mlp_ratio)
     per_token = 2 * d * 3 * d * 2 + 2 * d * d * 2 + 2 * 2 * d * hidden  # qkv x2, proj x2, mlp
     per_token += 4 * s * d + 4 * keys * d  # spatial and temporal attention (QK^T and PV)
     flops = cfg.num_layers * per_token * frames * s
-    if logits:
-        flops += 2 * d * cfg.num_logits * frames * s
+    flops += 2 * d * cfg.num_logits * logit_frames * s
     return float(flops)
 
 
 def count_calls(model: STMaskGIT, log: list) -> None:
-    """Record every forward the samplers run (name, frames, temporal keys, logits?) by wrapping the model's methods."""
+    """Record every forward the samplers run (frames, temporal keys, frames with logits) by wrapping the model's
+    methods."""
     def wrap(name, fn, describe):
-        def inner(*args):
-            log.append(describe(*args))
-            return fn(*args)
+        def inner(*args, **kwargs):
+            log.append(describe(*args, **kwargs))
+            return fn(*args, **kwargs)
         setattr(model, name, inner)
 
-    wrap("compute_logits", model.compute_logits, lambda tok: (tok.shape[1], tok.shape[1], True))
-    wrap("prefill", model.prefill, lambda tok, cache: (tok.shape[1], tok.shape[1], False))
+    wrap("compute_logits", model.compute_logits, lambda tok: (tok.shape[1], tok.shape[1], tok.shape[1]))
+    wrap("prefill", model.prefill, lambda tok, cache: (tok.shape[1], tok.shape[1], 0))
     # decode / commit see the cached frames plus themselves; the reference decode attends over all T_max slots.
-    wrap("decode_logits", model.decode_logits, lambda frame, cache: (1, cache.max_frames, True))
-    wrap("commit_frame", model.commit_frame, lambda frame, cache: (1, cache.max_frames, False))
+    # A decode with `commit` is one two-frame forward with the head on the decoded frame only.
+    wrap("decode_logits", model.decode_logits,
+         lambda frame, cache, commit=None: (1 if commit is None else 2, cache.max_frames, 1))
+    wrap("commit_frame", model.commit_frame, lambda frame, cache: (1, cache.max_frames, 0))
 
 
 def run(args) -> None:
@@ -125,7 +128,7 @@ def run(args) -> None:
                       f"(range {min(per_round):.2f}-{max(per_round):.2f}x over {len(per_round)} rounds)")
     if "genie" not in results and base:
         # Not run (too slow here): GENIE runs the whole T-frame window at every step of every frame.
-        flops = args.new_frames * args.steps * forward_flops(cfg, cfg.T, cfg.T, True)
+        flops = args.new_frames * args.steps * forward_flops(cfg, cfg.T, cfg.T, cfg.T)
         fwd = args.new_frames * args.steps * cfg.T
         print(f"{'genie':<10} {'not run':>9} {'-':>9} {fwd:>10} {flops / 1e9:>9.1f} {'-':>16} "
               f"{flops / base[1]:>10.2f}x {'-':>12}")

@@ -165,3 +165,48 @@ def test_prefill_frame_by_frame_equals_one_pass(qk_norm):
         assert int(c.num_frames) == 5 and c.host_frames == 5
     for a, b in ((caches[0].k, caches[1].k), (caches[0].v, caches[1].v)):
         torch.testing.assert_close(a[:, :, :5], b[:, :, :5], rtol=1e-4, atol=1e-5 * a[:, :, :5].abs().max().item())
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+@pytest.mark.parametrize("cached_before", [0, 3])
+@pytest.mark.parametrize("n_commit", [1, 2])
+def test_decode_with_commit_equals_commit_then_decode(qk_norm, cached_before, n_commit):
+    # decode_logits(frame, cache, commit=frames) runs one pass over the committed frames and the decoded one; it
+    # must store the same K/V, count the same frames and give the same logits as committing them one by one first.
+    model = tiny_model(seed=5, qk_norm=qk_norm)
+    cfg = model.config
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, cfg.image_vocab_size, (2, cached_before + n_commit, cfg.S), generator=g)
+    frame = torch.randint(0, cfg.mask_token_id + 1, (2, cfg.S), generator=g)  # mask tokens allowed
+    caches = [model.new_cache(2), model.new_cache(2)]
+    with torch.no_grad():
+        for c in caches:
+            if cached_before:
+                model.prefill(tokens[:, :cached_before], c)
+        commit = tokens[:, cached_before:]
+        got = model.decode_logits(frame, caches[0], commit=commit if n_commit > 1 else commit[:, 0])
+        for i in range(n_commit):
+            model.commit_frame(commit[:, i], caches[1])
+        want = model.decode_logits(frame, caches[1])
+    for c in caches:
+        assert int(c.num_frames) == cached_before + n_commit and c.host_frames == cached_before + n_commit
+    n = cached_before + n_commit + 1  # the working slot too
+    for a, b in ((caches[0].k, caches[1].k), (caches[0].v, caches[1].v)):
+        torch.testing.assert_close(a[:, :, :n], b[:, :, :n], rtol=1e-4, atol=1e-5 * b[:, :, :n].abs().max().item())
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+def test_decode_with_commit_bad_arguments():
+    model = tiny_model()
+    cfg = model.config
+    frame = torch.zeros(1, cfg.S, dtype=torch.long)
+    cache = model.new_cache(1)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"commit must have shape \(B, S\) or \(B, n, S\)"):
+            model.decode_logits(frame, cache, commit=torch.zeros(1, cfg.S + 1, dtype=torch.long))
+        with pytest.raises(ValueError, match="commit must have shape"):
+            model.decode_logits(frame, cache, commit=torch.zeros(2, 1, cfg.S, dtype=torch.long))
+        # T_max frames committed leave no slot for the decoded frame.
+        with pytest.raises(IndexError, match=f"T_max = {cfg.T}: no room for {cfg.T} more"):
+            model.decode_logits(frame, cache, commit=torch.zeros(1, cfg.T, cfg.S, dtype=torch.long))
+        assert cache.host_frames == 0 and int(cache.num_frames) == 0

@@ -137,10 +137,12 @@ def test_cached_paths_equal_full_forward(qk_norm):
         full = model(x)
         pre = model.forward_prefill(x[:, :3], cache)
         dec = model.forward_decode(x[:, 3:4], cache, torch.tensor([3]))
+        dec2 = model.forward_decode(x[:, 3:5], cache, torch.tensor([3]))  # two frames in one pass
     # Different kernels (full temporal attention vs frame decode) round differently: fp32-relative agreement.
     scale = full.abs().max().item()
     assert _max_err(pre, full[:, :3]) <= 1e-5 * scale
     assert _max_err(dec, full[:, 3:4]) <= 1e-5 * scale
+    assert _max_err(dec2, full[:, 3:5]) <= 1e-5 * scale
 
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "frozen"])

@@ -113,19 +113,22 @@ class SelfAttention(nn.Module):
     def forward_decode(
         self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor
     ) -> torch.Tensor:
-        """Temporal attention of one frame against the frames cached before it.
+        """Temporal attention of n consecutive frames against the frames cached before them.
 
-        x: (B, 1, S, C), the frame at index `position`; position: int64 tensor of shape (1,) (a tensor, so that
-        no host synchronisation is needed). Its K/V are written into slot `position` of k_cache, v_cache
-        (B, T_max, S, H, D), and it attends to slots 0 .. position. Returns (B, 1, S, C).
+        x: (B, n, S, C), the frames at indices position .. position + n - 1; position: int64 tensor of shape (1,)
+        (a tensor, so that no host synchronisation is needed). Frame i's K/V are written into slot position + i
+        of k_cache, v_cache (B, T_max, S, H, D), and it attends to slots 0 .. position + i: one frame decode per
+        frame, in order, so each sees the ones before it. Returns (B, n, S, C), equal to the causal forward's.
         """
         self._check_time("forward_decode")
         q, k, v = self._qkv(x)
-        num_frames = (position + 1).reshape(())  # the op takes a () or (B,) count
-        # One op writes the frame's normalized keys and its values into slot `position` and attends.
-        o = frame_decode_step(q[:, 0], k[:, 0], v[:, 0], k_cache, v_cache, num_frames, self.scale,
-                              backend=self.backend, **self._norm_kwargs())
-        return self._out(o.unsqueeze(1))
+        out = []
+        for i in range(x.shape[1]):
+            num_frames = (position + (i + 1)).reshape(())  # the op takes a () or (B,) count
+            # One op writes the frame's normalized keys and its values into its slot and attends.
+            out.append(frame_decode_step(q[:, i], k[:, i], v[:, i], k_cache, v_cache, num_frames, self.scale,
+                                         backend=self.backend, **self._norm_kwargs()))
+        return self._out(out[0].unsqueeze(1) if len(out) == 1 else torch.stack(out, dim=1))
 
     def _check_time(self, name: str) -> None:
         if self.axis != "time" or not self.causal:
@@ -134,7 +137,8 @@ class SelfAttention(nn.Module):
     def write_kv(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position=None) -> None:
         """Only store the K/V of `x` (the last layer of a prefill or commit needs nothing else).
 
-        x: (B, T0, S, C) written at frames 0 .. T0-1 when `position` is None, else (B, 1, S, C) at `position`.
+        x: (B, T0, S, C) written at frames 0 .. T0-1 when `position` is None, else (B, n, S, C) at slots
+        position .. position + n - 1.
         """
         self._check_time("write_kv")
         _, k, v = self._qkv(x)
@@ -144,5 +148,7 @@ class SelfAttention(nn.Module):
             k_cache[:, : x.shape[1]].copy_(k)
             v_cache[:, : x.shape[1]].copy_(v)
         else:
+            if x.shape[1] > 1:
+                position = position + torch.arange(x.shape[1], device=position.device)
             k_cache.index_copy_(1, position, k)
             v_cache.index_copy_(1, position, v)

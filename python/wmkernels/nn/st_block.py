@@ -5,7 +5,7 @@ x += mlp(norm2(x)). With `qk_norm` the pre-norms norm1 and norm2 are Identity (t
 instead); without it they are LayerNorm(d_model, eps=1e-5). The MLP is fc1 -> exact GELU -> fc2.
 
 Besides the plain forward, each block has the two cached paths of the frame sampler: `forward_prefill` (frames
-0 .. T0-1, storing every layer's temporal K/V) and `forward_decode` (one frame against those K/V). With
+0 .. T0-1, storing every layer's temporal K/V) and `forward_decode` (one or a few frames against those K/V). With
 `kv_only=True` they stop once the temporal K/V are stored: the last layer of a prefill or of a frame's commit needs
 nothing more.
 """
@@ -82,7 +82,8 @@ class STBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def forward_decode(self, x, k_cache, v_cache, position: torch.Tensor, kv_only: bool = False):
-        """x: (B, 1, S, C), the frame at `position` (int64 tensor (1,)); attends to cached frames 0 .. position."""
+        """x: (B, n, S, C), the frames at `position` (int64 tensor (1,)) .. position + n - 1; frame i attends to
+        cached frames 0 .. position + i, its own K/V written at slot position + i."""
         x = x + self.spatial_attn(self.norm1(x))
         if kv_only:
             self.temporal_attn.write_kv(x, k_cache, v_cache, position)
@@ -114,7 +115,11 @@ class STTransformer(nn.Module):
         return x
 
     def forward_decode(self, x: torch.Tensor, cache, position: torch.Tensor, need_output: bool = True):
-        """One frame x (B, 1, S, C) at `position` against the cache; its K/V are written at `position`."""
+        """Frames x (B, n, S, C) at `position` .. position + n - 1 against the cache, their K/V written there.
+
+        n = 1 is a MaskGIT step; n = 2 is the sampler's commit of a finished frame together with the next frame's
+        first step (one pass with twice the rows instead of two passes).
+        """
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer.forward_decode(x, cache.k[i], cache.v[i], position, kv_only=(i == last and not need_output))

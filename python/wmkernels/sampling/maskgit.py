@@ -3,7 +3,8 @@
 The frames before t never change while frame t is sampled (temporal attention is causal, spatial attention stays
 inside a frame), so their temporal K/V are cached once per layer (`FrameKVCache`) and every MaskGIT step is a
 one-frame forward. For 8 prompt + 8 new frames at 2 steps that is 8 (prefill) + 8 x 2 (steps) + 7 (commits) = 31
-frame-forwards instead of GENIE's 8 x 2 x 16 = 256. The step itself (sampling the digits, the cosine schedule,
+frame-forwards instead of GENIE's 8 x 2 x 16 = 256. The prompt (the prefill) and each commit ride along with the next
+frame's first step, as one forward over those frames and it: 16 passes over the weights instead of 31. The step itself (sampling the digits, the cosine schedule,
 choosing which tokens to unmask) runs on device tensors only: no host synchronisation per step.
 
 The tokens are exactly those of the uncached reference samplers (`use_cache=False` runs GENIE's), random draws
@@ -162,18 +163,22 @@ def _generate(model, prompt, num_new_frames, steps, temperature, unmask_mode, ge
     b, t0 = prompt.shape[:2]
     s, t_max, mask_id = cfg.S, cfg.T, cfg.mask_token_id
     window = prompt.reshape(b, t0, s).long()
-    cached = 0  # frames of `window` whose K/V are in the cache (host bookkeeping, no sync)
+    cached = 0  # frames of `window` whose K/V are in the cache or are `pending` (host bookkeeping, no sync)
+    # A finished frame whose K/V are still to be stored: it goes through the model together with the next frame's
+    # first step (one two-frame pass instead of two one-frame passes; same tokens).
+    pending = None
     new_frames, first_logits = [], []
     for i in _frames(num_new_frames, progress):
         if window.shape[1] == t_max:
             window, cached = window[:, window_stride:], 0
-        if cached < window.shape[1]:  # the start, or a slide: re-fill the cache at the kept frames' positions
-            model.prefill(window, cache)
-            cached = window.shape[1]
+        if cached < window.shape[1]:  # the start, or a slide: re-fill the cache at the kept frames' positions,
+            cache.reset()  # in the pass of the first step
+            pending, cached = window, window.shape[1]
         frame = torch.full((b, s), mask_id, dtype=torch.long, device=prompt.device)
         unmasked = torch.zeros((b, s), dtype=torch.bool, device=prompt.device)
         for step in range(steps):
-            logits = model.decode_logits(frame, cache)  # (B, S, F*V)
+            logits = model.decode_logits(frame, cache, commit=pending)  # (B, S, F*V)
+            pending = None
             if step == 0:
                 first_logits.append(logits.transpose(1, 2))
             samples, confidence = sample_digits(logits, cfg.num_factored_vocabs, cfg.factored_vocab_size,
@@ -182,8 +187,8 @@ def _generate(model, prompt, num_new_frames, steps, temperature, unmask_mode, ge
                                              unmask_mode, generator)
         new_frames.append(frame)
         window = torch.cat([window, frame.unsqueeze(1)], dim=1)
-        if i + 1 < num_new_frames and window.shape[1] < t_max:  # the next frame reuses the cache
-            model.commit_frame(frame, cache)
+        if window.shape[1] < t_max:  # the next frame reuses the cache (it commits this one)
+            pending = frame.unsqueeze(1)
             cached += 1
     tokens = torch.cat([prompt.reshape(b, t0, s).long(), *(f.unsqueeze(1) for f in new_frames)], dim=1)
     if first_logits:

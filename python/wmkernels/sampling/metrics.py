@@ -63,7 +63,8 @@ def teacher_forced_logits(model, tokens: torch.Tensor, num_prompt_frames: int = 
     """Logits of every frame t >= num_prompt_frames given the true frames before it, the frame fully masked.
 
     What the challenge scores (GENIE's `predict_zframe_logits` first step), computed with the frame KV cache:
-    one prefill, then per frame one masked decode and one commit of the true frame.
+    per frame one pass that commits the true frames before it not yet cached (the whole prompt at first, then one)
+    and decodes the masked frame.
     tokens: (B, T', H, W), T' <= config.T. Returns (B, F*V, T' - num_prompt_frames, H, W).
     """
     model.check_tokens(tokens, "tokens", allow_mask=False)
@@ -73,13 +74,13 @@ def teacher_forced_logits(model, tokens: torch.Tensor, num_prompt_frames: int = 
     cfg = model.config
     frames = tokens.reshape(b, t, cfg.S).long()
     cache = FrameKVCache.for_model(model, b)
-    model.prefill(frames[:, :num_prompt_frames], cache)
     masked = torch.full((b, cfg.S), cfg.mask_token_id, dtype=torch.long, device=tokens.device)
     out = []
     for i in range(num_prompt_frames, t):
-        out.append(model.decode_logits(masked, cache).transpose(1, 2))
-        if i + 1 < t:
-            model.commit_frame(frames[:, i], cache)
+        # The true frames before i not yet cached (the prompt, then frame i - 1) are committed in the same pass
+        # that decodes the masked frame i.
+        commit = frames[:, :num_prompt_frames] if i == num_prompt_frames else frames[:, i - 1]
+        out.append(model.decode_logits(masked, cache, commit=commit).transpose(1, 2))
     return torch.stack(out, dim=2).unflatten(-1, (cfg.H, cfg.W))
 
 
