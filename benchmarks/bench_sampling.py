@@ -48,9 +48,10 @@ def count_calls(model: STMaskGIT, log: list) -> None:
     wrap("compute_logits", model.compute_logits, lambda tok: (tok.shape[1], tok.shape[1], tok.shape[1]))
     wrap("prefill", model.prefill, lambda tok, cache: (tok.shape[1], tok.shape[1], 0))
     # decode / commit see the cached frames plus themselves; the reference decode attends over all T_max slots.
-    # A decode with `commit` is one two-frame forward with the head on the decoded frame only.
-    wrap("decode_logits", model.decode_logits,
-         lambda frame, cache, commit=None: (1 if commit is None else 2, cache.max_frames, 1))
+    # A decode with `commit` (B, S) or (B, n, S) is one forward over those frames and the decoded one, with the
+    # head on the decoded frame only.
+    wrap("decode_logits", model.decode_logits, lambda frame, cache, commit=None: (
+        1 + (0 if commit is None else commit.shape[1] if commit.dim() == 3 else 1), cache.max_frames, 1))
     wrap("commit_frame", model.commit_frame, lambda frame, cache: (1, cache.max_frames, 0))
 
 
