@@ -163,27 +163,32 @@ def test_bad_arguments_raise():
         maskgit_generate(model, ok, T_MAX, window_stride=T_MAX, progress=False)
 
 
-def test_cached_step_compiles_fullgraph():
+@pytest.mark.parametrize("with_commit", [False, True])
+def test_cached_step_compiles_fullgraph(with_commit):
     # The per-step path (one-frame forward against the cache, then the schedule update) has no host
-    # synchronisation and no graph break. aot_eager traces it fully (what fullgraph checks) without inductor's
-    # compile time; the STBlock test covers inductor.
+    # synchronisation and no graph break, nor has the first step of a frame, which also commits the finished frame
+    # before it in the same pass. aot_eager traces it fully (what fullgraph checks) without inductor's compile time;
+    # the STBlock test covers inductor.
     from wmkernels.sampling import maskgit_update, sample_digits
 
     model = tiny_model(seed=6)
     cfg = model.config
-    prompt = _prompt(2, 3, model).reshape(2, 3, cfg.S)
+    prompt = _prompt(2, 4, model).reshape(2, 4, cfg.S)
+    cached, finished = (prompt[:, :3], prompt[:, 3]) if with_commit else (prompt, None)
 
-    def step(frame, unmasked, cache):
-        logits = model.decode_logits(frame, cache)
+    def step(frame, unmasked, cache, finished):
+        logits = model.decode_logits(frame, cache, commit=finished)
         samples, confidence = sample_digits(logits, cfg.num_factored_vocabs, cfg.factored_vocab_size, 0.0)
         return maskgit_update(frame, unmasked, samples, confidence, 0, 2, cfg.mask_token_id, "greedy")
 
     frame = torch.full((2, cfg.S), cfg.mask_token_id)
     unmasked = torch.zeros(2, cfg.S, dtype=torch.bool)
-    results = []
+    results, counts = [], []
     for fn in (step, torch.compile(step, fullgraph=True, backend="aot_eager")):
         cache = model.new_cache(2)
         with torch.no_grad():
-            model.prefill(prompt, cache)
-            results.append(fn(frame, unmasked, cache))
+            model.prefill(cached, cache)
+            results.append(fn(frame, unmasked, cache, finished))
+        counts.append((int(cache.num_frames), cache.host_frames))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert counts[0] == counts[1] == (4, 4)  # 4 committed frames either way

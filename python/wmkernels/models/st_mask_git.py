@@ -141,11 +141,10 @@ class STMaskGIT(nn.Module):
     def prefill(self, tokens: torch.Tensor, cache: FrameKVCache, frame_by_frame: bool | None = None) -> None:
         """Store the K/V of frames tokens (B, T0, S) (no mask tokens) at cache frames 0 .. T0-1; num_frames = T0.
 
-        Each frame goes through the model once, either all T0 at once (one causal forward, the default) or frame by
-        frame, each against the frames cached before it (the commit path). The two store the same K/V up to
-        rounding. (None, the old per-device choice, now means all at once everywhere: on CPU the one pass measured
-        6% faster than frame by frame on one thread and 30-40% faster on two for GENIE-35M's 8-frame prompt, since
-        the MLP's in-place GELU stopped its page faults.)
+        Each frame goes through the model once, either all T0 at once (one causal forward; the default, None or
+        False) or frame by frame, each against the frames cached before it (the commit path). The two store the same
+        K/V up to rounding. On CPU the one pass measured 6% faster than frame by frame on one thread and 30-40% on
+        two, for GENIE-35M's 8-frame prompt.
         """
         t0 = tokens.shape[1]
         if not 1 <= t0 <= cache.max_frames:

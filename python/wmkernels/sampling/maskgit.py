@@ -4,8 +4,9 @@ The frames before t never change while frame t is sampled (temporal attention is
 inside a frame), so their temporal K/V are cached once per layer (`FrameKVCache`) and every MaskGIT step is a
 one-frame forward. For 8 prompt + 8 new frames at 2 steps that is 8 (prefill) + 8 x 2 (steps) + 7 (commits) = 31
 frame-forwards instead of GENIE's 8 x 2 x 16 = 256. The prompt (the prefill) and each commit ride along with the next
-frame's first step, as one forward over those frames and it: 16 passes over the weights instead of 31. The step itself (sampling the digits, the cosine schedule,
-choosing which tokens to unmask) runs on device tensors only: no host synchronisation per step.
+frame's first step, in one forward over those frames and it: 16 passes over the weights instead of 31. The step
+itself (sampling the digits, the cosine schedule, choosing which tokens to unmask) runs on device tensors only: no
+host synchronisation per step.
 
 The tokens are exactly those of the uncached reference samplers (`use_cache=False` runs GENIE's), random draws
 included: see `wmkernels.reference.maskgit` for the order of draws and the two fixes to the public sampler.
@@ -164,8 +165,8 @@ def _generate(model, prompt, num_new_frames, steps, temperature, unmask_mode, ge
     s, t_max, mask_id = cfg.S, cfg.T, cfg.mask_token_id
     window = prompt.reshape(b, t0, s).long()
     cached = 0  # frames of `window` whose K/V are in the cache or are `pending` (host bookkeeping, no sync)
-    # A finished frame whose K/V are still to be stored: it goes through the model together with the next frame's
-    # first step (one two-frame pass instead of two one-frame passes; same tokens).
+    # Finished frames whose K/V are still to be stored (the prompt, then each new frame): they go through the model
+    # together with the next frame's first step (one pass instead of two; the same tokens).
     pending = None
     new_frames, first_logits = [], []
     for i in _frames(num_new_frames, progress):
