@@ -60,8 +60,11 @@ class FrameKVCache:
         self.num_frames.zero_()
         self.host_frames = 0
 
-    def check_free_slot(self, op: str) -> None:
-        """Raise IndexError when all T_max slots hold committed frames (a host-side check: no sync)."""
-        if self.host_frames >= self.max_frames:
+    def check_free_slot(self, op: str, commits: int = 0) -> None:
+        """Raise IndexError unless `commits` more committed frames and a working slot fit in T_max (a host-side
+        check: no sync)."""
+        if self.host_frames + commits >= self.max_frames:
+            where = (f"no slot is left for a new frame" if commits == 0 else
+                     f"no room for {commits} more committed frames and a working slot")
             raise IndexError(f"{op}: the FrameKVCache holds {self.host_frames} committed frames, its T_max = "
-                             f"{self.max_frames}: no slot is left for a new frame (slide the window or reset it)")
+                             f"{self.max_frames}: {where} (slide the window or reset it)")

@@ -164,17 +164,16 @@ def _generate(model, prompt, num_new_frames, steps, temperature, unmask_mode, ge
     b, t0 = prompt.shape[:2]
     s, t_max, mask_id = cfg.S, cfg.T, cfg.mask_token_id
     window = prompt.reshape(b, t0, s).long()
-    cached = 0  # frames of `window` whose K/V are in the cache or are `pending` (host bookkeeping, no sync)
     # Finished frames whose K/V are still to be stored (the prompt, then each new frame): they go through the model
-    # together with the next frame's first step (one pass instead of two; the same tokens).
-    pending = None
+    # together with the next frame's first step (one pass instead of two; the same tokens). The cache comes empty
+    # from _sampling_cache.
+    pending = window
     new_frames, first_logits = [], []
     for i in _frames(num_new_frames, progress):
-        if window.shape[1] == t_max:
-            window, cached = window[:, window_stride:], 0
-        if cached < window.shape[1]:  # the start, or a slide: re-fill the cache at the kept frames' positions,
-            cache.reset()  # in the pass of the first step
-            pending, cached = window, window.shape[1]
+        if window.shape[1] == t_max:  # slide: re-fill the cache with the kept frames at their new positions, in the
+            window = window[:, window_stride:]  # pass of the first step
+            cache.reset()
+            pending = window
         frame = torch.full((b, s), mask_id, dtype=torch.long, device=prompt.device)
         unmasked = torch.zeros((b, s), dtype=torch.bool, device=prompt.device)
         for step in range(steps):
@@ -190,7 +189,6 @@ def _generate(model, prompt, num_new_frames, steps, temperature, unmask_mode, ge
         window = torch.cat([window, frame.unsqueeze(1)], dim=1)
         if window.shape[1] < t_max:  # the next frame reuses the cache (it commits this one)
             pending = frame.unsqueeze(1)
-            cached += 1
     tokens = torch.cat([prompt.reshape(b, t0, s).long(), *(f.unsqueeze(1) for f in new_frames)], dim=1)
     if first_logits:
         logits = torch.stack(first_logits, dim=2)
