@@ -35,7 +35,7 @@ RAW := build/wheels-raw
 AUDIT_EXCLUDES := $(foreach lib,libc10.so libtorch.so libtorch_cpu.so libtorch_python.so libgomp.so.1 \
                     libc10_cuda.so libtorch_cuda.so libcudart.so.13 libnvrtc.so.13,--exclude $(lib))
 
-.PHONY: sanitize fuzz demo test test-cpu cuda-wheel cuda-check install install-check wheel wheel-cpu sdist wheel-test bench clean
+.PHONY: disk-space sanitize fuzz demo test test-cpu cuda-wheel cuda-check install install-check wheel wheel-cpu sdist wheel-test bench clean
 
 # --- environments ---------------------------------------------------------------------------
 $(VENV)/.deps-$(TORCH_CPU)-v2:
@@ -59,7 +59,15 @@ demo: install
 	$(PY) -m wmkernels
 	$(VENV)/bin/wmk-bench --preset tiny --out out/demo
 
-test: test-cpu cuda-check wheel-test sanitize
+test: disk-space test-cpu cuda-check wheel-test sanitize
+
+# A run from a clean clone holds three environments (.venv 2.2 GB, .venv-cuda 5.6 GB, .venv-asan 2.1 GB), the builds
+# and, one at a time, the wheel tests' throwaway environments: about 11 GB at its peak. Say so up front, so that a
+# full disk reads as a full disk and not as a broken step.
+disk-space:
+	@free=$$(df -Pk . | awk 'NR==2 {printf "%.1f", $$4 / 1048576}'); \
+	  echo "make test: $$free GiB free here; a run from a clean clone needs about 11 GiB"; \
+	  awk -v f=$$free 'BEGIN { exit !(f < 11) }' && echo "make test: WARNING: less than 11 GiB free; pip may fail with 'No space left on device'" || true
 
 test-cpu: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import shutil
@@ -42,12 +43,21 @@ def one(pattern: str) -> str:
     return found[0]
 
 
-def fresh_venv(python: str, path: str, torch_version: str) -> str:
+@contextlib.contextmanager
+def fresh_venv(python: str, path: str, torch_version: str):
+    """A new virtual environment holding only torch; removed afterwards, pass or fail.
+
+    Each one holds a copy of torch (about 1 GB): CI's disk is shared and has run out during this step, so no two
+    of them exist at once and nothing is left in pip's cache.
+    """
     shutil.rmtree(path, ignore_errors=True)
-    sh([python, "-m", "venv", path])
-    py = os.path.join(path, "bin", "python")
-    sh([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", f"torch=={torch_version}"])
-    return py
+    try:
+        sh([python, "-m", "venv", path])
+        py = os.path.join(path, "bin", "python")
+        sh([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir", f"torch=={torch_version}"])
+        yield py
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def smoke(py: str) -> None:
@@ -80,9 +90,9 @@ def check_wheel_contents(wheel: str, torch_pin: str, label: str) -> None:
 def test_cpu_wheel(args, work):
     wheel = one(os.path.join(args.dist, "wmkernels-*+cpu-*.whl"))
     check_wheel_contents(wheel, args.torch_cpu, "cpu")
-    py = fresh_venv(args.python, os.path.join(work, "cpu-wheel-venv"), args.torch_cpu)
-    sh([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel])
-    smoke(py)
+    with fresh_venv(args.python, os.path.join(work, "cpu-wheel-venv"), args.torch_cpu) as py:
+        sh([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir", wheel])
+        smoke(py)
 
 
 def test_cuda_wheel(args, work):
@@ -114,9 +124,9 @@ def test_mismatch_error(args, work):
 
 def test_sdist(args, work):
     sdist = one(os.path.join(args.dist, "wmkernels-*.tar.gz"))
-    py = fresh_venv(args.python, os.path.join(work, "sdist-venv"), args.torch_cpu)
-    sh([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", sdist])
-    smoke(py)
+    with fresh_venv(args.python, os.path.join(work, "sdist-venv"), args.torch_cpu) as py:
+        sh([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir", sdist])
+        smoke(py)
 
 
 def main() -> int:
