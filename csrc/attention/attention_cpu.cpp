@@ -174,7 +174,7 @@ at::Tensor checked_frames(const char* op, const at::Tensor& num_frames, int64_t 
 }
 
 // Writes the current frame's keys (through the qk LayerNorm) and values into slot num_frames[b] - 1 of the
-// caches, one position at a time (the general path of frame_decode_step; the AVX-512 float path writes inside
+// caches, one position at a time (the general path of frame_decode_step; the AVX2 and AVX-512 float paths write inside
 // the decode loop instead).
 template <typename scalar_t, typename acc_t, typename Kern>
 void write_frame(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, at::Tensor& v_cache,

@@ -92,7 +92,6 @@ struct PortableKernels {
 struct Avx2Kernels {
   static constexpr bool kHasShort = true;
   static constexpr bool kHasGemmTn = true;
-  static constexpr bool kHasDecodeRow = false;
   static constexpr int64_t kShortKeys = 16;
   static bool usable() {
     __builtin_cpu_init();
@@ -377,6 +376,119 @@ struct Avx2Kernels {
     float m = hmax(m8);
     for (; j < n; ++j) m = x[j] > m ? x[j] : m;
     return m;
+  }
+
+  // The first n lanes (n clipped to [0, 8]) as a maskload/maskstore mask.
+  WMK_AVX2 static inline __m256i first_lanes8(int64_t n) {
+    const int32_t m = static_cast<int32_t>(n < 0 ? 0 : n > 8 ? 8 : n);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+
+  // Eight floats at p, of which only the first n (clipped to 8) are read; the rest are zero.
+  WMK_AVX2 static inline __m256 load8(const float* p, int64_t n) {
+    return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first_lanes8(n));
+  }
+
+  // r[j] = the sum of the 8 lanes of a[j]: a transpose folded into horizontal adds.
+  WMK_AVX2 static inline __m256 sum_lanes8(const __m256 (&a)[8]) {
+    const __m256 c0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    const __m256 c1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    // 128-bit half h of c0 holds the partial sums of a[0..3] over lanes 4h .. 4h+3; likewise c1 for a[4..7].
+    return _mm256_add_ps(_mm256_permute2f128_ps(c0, c1, 0x20), _mm256_permute2f128_ps(c0, c1, 0x31));
+  }
+
+  // Frame decoding's one query row against lk <= 16 cached keys, read in place: q (dv values, scale and
+  // LayerNorm applied, zero past d); key/value row j at k + j * ksj, v + j * vsj (d contiguous floats each).
+  // Writes softmax(q k^T) v to out (d floats). Rows past lk and floats past d are never read.
+  static constexpr bool kHasDecodeRow = true;
+  WMK_AVX2 static void decode_row(const float* q, const float* k, int64_t ksj, const float* v, int64_t vsj,
+                                  int64_t lk, int64_t d, float* out) {
+    __m256 s[2];
+#pragma GCC unroll 2
+    for (int g = 0; g < 2; ++g) {  // keys 8g .. 8g+7: eight dot products, then one lane-transposing reduction
+      __m256 acc[8];
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
+      if (8 * g < lk) {
+        for (int64_t c = 0; c < d; c += 8) {
+          const __m256 qc = _mm256_loadu_ps(q + c);
+#pragma GCC unroll 8
+          for (int j = 0; j < 8; ++j)
+            if (8 * g + j < lk) acc[j] = _mm256_fmadd_ps(qc, load8(k + (8 * g + j) * ksj + c, d - c), acc[j]);
+        }
+      }
+      s[g] = sum_lanes8(acc);
+    }
+    alignas(32) float p[16];
+    float l = 0.0f;
+    softmax16(s[0], s[1], lk, p, nullptr, &l);
+    const __m256 inv = _mm256_set1_ps(1.0f / l);
+    for (int64_t c = 0; c < d; c += 8) {
+      __m256 o0 = _mm256_setzero_ps(), o1 = _mm256_setzero_ps();  // two chains: even and odd keys
+      int64_t j = 0;
+      for (; j + 2 <= lk; j += 2) {
+        o0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), load8(v + j * vsj + c, d - c), o0);
+        o1 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), load8(v + (j + 1) * vsj + c, d - c), o1);
+      }
+      if (j < lk) o0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), load8(v + j * vsj + c, d - c), o0);
+      const __m256 o = _mm256_mul_ps(_mm256_add_ps(o0, o1), inv);
+      if (d - c >= 8)
+        _mm256_storeu_ps(out + c, o);
+      else
+        _mm256_maskstore_ps(out + c, first_lanes8(d - c), o);
+    }
+  }
+
+  // The LayerNorm of `rows` rows of d floats, ld apart (frame decoding's keys and queries of one position). With
+  // d a multiple of 8, eight rows at a time, each statistic of every row comes out of one lane-transposing reduction
+  // (row r in lane r), in layer_norm's order of operations, so the results are layer_norm's bit for bit.
+  WMK_AVX2 static void layer_norm_rows(float* x, int64_t rows, int64_t ld, int64_t d, const float* w, const float* b,
+                                       float eps) {
+    if (d % 8 != 0) {
+      for (int64_t r = 0; r < rows; ++r) layer_norm(x + r * ld, d, w, b, eps, nullptr);
+      return;
+    }
+    for (; rows > 8; rows -= 8, x += 8 * ld) layer_norm_rows(x, 8, ld, d, w, b, eps);
+    const __m256 n8 = _mm256_set1_ps(static_cast<float>(d));
+    __m256 acc[8];
+    alignas(32) float m0[8], m[8], rstd[8];
+    // Pass 1: row sums. Rows past `rows` stay zero.
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) {
+      acc[r] = _mm256_setzero_ps();
+      for (int64_t c = 0; c < d && r < rows; c += 8) acc[r] = _mm256_add_ps(acc[r], _mm256_loadu_ps(x + r * ld + c));
+    }
+    const __m256 mean0 = _mm256_div_ps(sum_lanes8(acc), n8);
+    _mm256_store_ps(m0, mean0);
+    // Pass 2: layer_norm's mean correction.
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) {
+      acc[r] = _mm256_setzero_ps();
+      const __m256 mr = _mm256_broadcast_ss(&m0[r]);
+      for (int64_t c = 0; c < d && r < rows; c += 8)
+        acc[r] = _mm256_add_ps(acc[r], _mm256_sub_ps(_mm256_loadu_ps(x + r * ld + c), mr));
+    }
+    _mm256_store_ps(m, _mm256_add_ps(mean0, _mm256_div_ps(sum_lanes8(acc), n8)));
+    // Pass 3: variance.
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) {
+      acc[r] = _mm256_setzero_ps();
+      const __m256 mr = _mm256_broadcast_ss(&m[r]);
+      for (int64_t c = 0; c < d && r < rows; c += 8) {
+        const __m256 t = _mm256_sub_ps(_mm256_loadu_ps(x + r * ld + c), mr);
+        acc[r] = _mm256_fmadd_ps(t, t, acc[r]);
+      }
+    }
+    const __m256 var = _mm256_div_ps(sum_lanes8(acc), n8);
+    _mm256_store_ps(rstd, _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_sqrt_ps(_mm256_add_ps(var, _mm256_set1_ps(eps)))));
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m256 mr = _mm256_broadcast_ss(&m[r]), sr = _mm256_broadcast_ss(&rstd[r]);
+      for (int64_t c = 0; c < d; c += 8) {
+        const __m256 h = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + r * ld + c), mr), sr);
+        const __m256 bias = b != nullptr ? _mm256_loadu_ps(b + c) : _mm256_setzero_ps();
+        _mm256_storeu_ps(x + r * ld + c, _mm256_fmadd_ps(h, _mm256_loadu_ps(w + c), bias));
+      }
+    }
   }
 
   WMK_AVX2 static float exp_shift(float* x, int64_t n, float shift) {

@@ -405,6 +405,52 @@ def test_frame_decode_step_every_cpu_isa(isa, qk_norm):
         check_decode_step("cpu", "auto", True, qk_norm, [torch.float32])
 
 
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("d", [13, 32])
+def test_frame_decode_step_full_cache_every_cpu_isa(isa, d):
+    """T_max = 16, the model's, with counts past 8 (the vector kernels take keys 8 at a time), nine heads (the AVX2
+    kernels decode eight at a time, then one) and a head size that is not a multiple of 8 or 16 (the kernels'
+    tails); what lies past each count must not be read."""
+    b, t_max, s, h = 3, 16, 5, 9
+    g = torch.Generator().manual_seed(4)
+    q, k, v = torch.randn(3, b, s, h, d, generator=g).unbind(0)
+    kc, vc = (torch.randn(b, t_max, s, h, d, generator=g) for _ in range(2))
+    nf = torch.tensor([9, 16, 8])
+    w, bias = make_norm(d, torch.float64)
+    ref64, kc64, _ = _decode_step_reference(q.double(), k.double(), v.double(), kc.double(), vc.double(), nf, w, bias)
+    ref_x, kcx, vcx = _decode_step_reference(q, k, v, kc, vc, nf, w.float(), bias.float())
+    for i, n in enumerate(nf.tolist()):  # the uninitialized part of a FrameKVCache
+        kc[i, n:], vc[i, n:] = float("nan"), float("inf")
+    with _isa(isa):
+        out = wmkernels.frame_decode_step(q, k, v, kc, vc, nf, qk_norm_weight=w.float(), qk_norm_bias=bias.float())
+        plain = wmkernels.frame_decode_attention(q, kc, vc, nf)
+    assert_rule(out, ref64, ref_x, 2, f"decode step, {isa}, d={d}")
+    for i, n in enumerate(nf.tolist()):
+        assert_rule(kc[i, :n], kc64[i, :n], kcx[i, :n], 2, f"written keys, {isa}, d={d}")
+        assert torch.equal(vc[i, :n], vcx[i, :n])
+    # The same cache, already written, without the LayerNorm on q.
+    kc_ref = torch.where(torch.isfinite(kc), kc, torch.zeros(()))
+    vc_ref = torch.where(torch.isfinite(vc), vc, torch.zeros(()))
+    want64 = ref.frame_decode_attention(q.double(), kc_ref.double(), vc_ref.double(), nf)
+    assert_rule(plain, want64, ref.frame_decode_attention(q, kc_ref, vc_ref, nf), 2, f"frame decode, {isa}, d={d}")
+
+
+@pytest.mark.parametrize("isa", [p for p in cpu_isas() if p.values[0] == "avx2"])
+def test_frame_decode_step_keys_normalized_as_the_general_path(isa):
+    """The AVX2 decode normalizes the keys of all heads of a position together (Avx2Kernels::layer_norm_rows); it
+    must store exactly what the row-by-row LayerNorm of the general path (T_max > 16) stores."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = torch.randn(3, 2, 7, 9, 32, generator=g).unbind(0)
+    w, bias = torch.randn(32, generator=g), torch.randn(32, generator=g)
+    written = []
+    with _isa(isa):
+        for t_max in (16, 17):
+            kc, vc = torch.zeros(2, t_max, 7, 9, 32), torch.zeros(2, t_max, 7, 9, 32)
+            wmkernels.frame_decode_step(q, k, v, kc, vc, torch.tensor([3, 1]), qk_norm_weight=w, qk_norm_bias=bias)
+            written.append(kc[:, :3])
+    assert torch.equal(written[0], written[1])
+
+
 def test_frame_decode_step_opcheck_and_compile():
     qkv, kc, vc, nf, w, bias = _decode_step_case(torch.float32, 8, True, True)
     q, k, v = qkv.unbind(2)
