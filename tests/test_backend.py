@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import wmkernels
+from tests.helpers import needs_triton
 from wmkernels.ops import _backend
 
 CPU = torch.device("cpu")
@@ -68,6 +69,7 @@ def test_auto_on_gpu_without_cuda_build_falls_back_to_triton(monkeypatch):
         _backend.select("auto", GPU, "op")
 
 
+@needs_triton
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(wmkernels.BackendUnavailableError, match="TRITON_INTERPRET=1"):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import wmkernels
+from tests.helpers import needs_triton
 from wmkernels.nn import FiniteScalarQuantizer, LookupFreeQuantizer
 
 vqp = pytest.importorskip("vector_quantize_pytorch", reason="vector-quantize-pytorch is in the `test` extra")
@@ -18,7 +19,7 @@ def randn(shape, seed=0, scale=1.0):
 
 
 @pytest.mark.parametrize("levels", [[8, 5, 5, 5], [8, 8, 8, 5, 5, 5], [7, 5, 3]], ids=str)
-@pytest.mark.parametrize("backend", ["auto", "triton"])
+@pytest.mark.parametrize("backend", ["auto", pytest.param("triton", marks=needs_triton)])
 def test_fsq_same_codes_and_indices(levels, backend):
     theirs = vqp.FSQ(levels)
     ours = FiniteScalarQuantizer(levels, backend=backend)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import wmkernels
-from tests.helpers import backend_params
+from tests.helpers import backend_params, needs_triton
 from wmkernels.reference import attention as ref
 
 BACKENDS = backend_params()
@@ -523,6 +523,7 @@ def test_frame_decode_out_of_range_raises_on_cpu(bad):
         wmkernels.frame_decode_attention(q, kc, kc, torch.tensor([3, bad]))
 
 
+@needs_triton
 def test_gpu_kernels_fall_back_on_odd_head_dims_with_one_warning():
     q, k, v = make_qkv((1, 2, 5, 1, 12), torch.float32, "fused")
     with pytest.warns(UserWarning, match="head dim 12 runs on the pure-PyTorch reference"):
@@ -539,6 +540,7 @@ def test_gpu_kernels_fall_back_on_odd_head_dims_with_one_warning():
         torch.testing.assert_close(wmkernels.spatial_attention(q, k, v), out)
 
 
+@needs_triton
 def test_frame_decode_gpu_kernels_clamp_num_frames():
     # Triton (the interpreter here) cannot raise on a device value without a sync: it clamps to [1, T_max].
     q, kc, vc = torch.randn(2, 4, 2, 16), torch.randn(2, 5, 4, 2, 16), torch.randn(2, 5, 4, 2, 16)
