@@ -13,12 +13,11 @@ needs_triton = pytest.mark.skipif(TRITON_MISSING, reason="Triton is not installe
 
 def backend_params():
     """(device, backend) pairs for parametrize: CPU C++ and Triton-interpreter always, GPU ones marked `gpu`."""
-    triton_skip = needs_triton
     params = [
         pytest.param("cpu", "auto", id="cpu-cpp"),
-        pytest.param("cpu", "triton", id="cpu-triton", marks=triton_skip),
+        pytest.param("cpu", "triton", id="cpu-triton", marks=needs_triton),
         pytest.param("cuda", "cuda", id="cuda-cuda", marks=pytest.mark.gpu),
-        pytest.param("cuda", "triton", id="cuda-triton", marks=[pytest.mark.gpu, triton_skip]),
+        pytest.param("cuda", "triton", id="cuda-triton", marks=[pytest.mark.gpu, needs_triton]),
     ]
     return params
 

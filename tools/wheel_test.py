@@ -43,18 +43,23 @@ def one(pattern: str) -> str:
     return found[0]
 
 
+def pip_install(py: str, *what: str) -> None:
+    """pip install into the environment of `py`, keeping nothing in pip's cache (CI's disk is shared)."""
+    sh([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir", *what])
+
+
 @contextlib.contextmanager
 def fresh_venv(python: str, path: str, torch_version: str):
     """A new virtual environment holding only torch; removed afterwards, pass or fail.
 
     Each one holds a copy of torch (about 1 GB): CI's disk is shared and has run out during this step, so no two
-    of them exist at once and nothing is left in pip's cache.
+    of them exist at once.
     """
     shutil.rmtree(path, ignore_errors=True)
     try:
         sh([python, "-m", "venv", path])
         py = os.path.join(path, "bin", "python")
-        sh([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir", f"torch=={torch_version}"])
+        pip_install(py, f"torch=={torch_version}")
         yield py
     finally:
         shutil.rmtree(path, ignore_errors=True)
@@ -91,7 +96,7 @@ def test_cpu_wheel(args, work):
     wheel = one(os.path.join(args.dist, "wmkernels-*+cpu-*.whl"))
     check_wheel_contents(wheel, args.torch_cpu, "cpu")
     with fresh_venv(args.python, os.path.join(work, "cpu-wheel-venv"), args.torch_cpu) as py:
-        sh([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir", wheel])
+        pip_install(py, wheel)
         smoke(py)
 
 
@@ -125,7 +130,7 @@ def test_mismatch_error(args, work):
 def test_sdist(args, work):
     sdist = one(os.path.join(args.dist, "wmkernels-*.tar.gz"))
     with fresh_venv(args.python, os.path.join(work, "sdist-venv"), args.torch_cpu) as py:
-        sh([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-cache-dir", sdist])
+        pip_install(py, sdist)
         smoke(py)
 
 

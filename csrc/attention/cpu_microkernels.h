@@ -232,10 +232,8 @@ struct Avx2Kernels {
   // (0 where masked), *m <- max, *l <- sum (m and l may be null for a padding row). With nv = 0, p = 0 and
   // l = 0, which is what the general path leaves for a row that sees no key.
   WMK_AVX2 static inline void softmax16(__m256 s0, __m256 s1, int64_t nv, float* p, float* m, float* l) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i n8 = _mm256_set1_epi32(static_cast<int32_t>(nv));
-    const __m256 vis0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(n8, lane));
-    const __m256 vis1 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(n8, _mm256_add_epi32(lane, _mm256_set1_epi32(8))));
+    const __m256 vis0 = _mm256_castsi256_ps(first_lanes8(nv));
+    const __m256 vis1 = _mm256_castsi256_ps(first_lanes8(nv - 8));
     const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
     s0 = _mm256_blendv_ps(ninf, s0, vis0);
     s1 = _mm256_blendv_ps(ninf, s1, vis1);
@@ -501,9 +499,7 @@ struct Avx2Kernels {
       sum8 = _mm256_add_ps(sum8, e);
     }
     if (j < n) {  // the tail through a masked load/store, so every value goes through the same exp
-      alignas(32) int32_t idx[8] = {0, 1, 2, 3, 4, 5, 6, 7};
-      const __m256i mask =
-          _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(n - j)), _mm256_load_si256((const __m256i*)idx));
+      const __m256i mask = first_lanes8(n - j);
       const __m256 e = exp8(_mm256_sub_ps(_mm256_maskload_ps(x + j, mask), s8));
       const __m256 e_masked = _mm256_and_ps(e, _mm256_castsi256_ps(mask));
       _mm256_maskstore_ps(x + j, mask, e_masked);
