@@ -137,8 +137,7 @@ inline at::Tensor lse_output(const at::Tensor& q) {
 
 // frame_decode_attention: q (B, S, H, D), caches (B, T_max, S, H, D), num_frames () or (B,) integer.
 inline void check_frame_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                               const at::Tensor& num_frames, double scale) {
-  const char* op = "frame_decode_attention";
+                               const at::Tensor& num_frames, double scale, const char* op = "frame_decode_attention") {
   TORCH_CHECK_VALUE(q.dim() == 4, op, ": q must be a 4-D (B, S, H, D) tensor, got shape ", q.sizes());
   check_5d(k_cache, op, "k_cache");
   check_5d(v_cache, op, "v_cache");
@@ -162,24 +161,31 @@ inline void check_frame_decode(const at::Tensor& q, const at::Tensor& k_cache, c
   TORCH_CHECK_VALUE(std::isfinite(scale), op, ": scale must be finite, got ", scale);
 }
 
-// frame_decode_step: q, k, v (B, S, H, D), the current frame; the caches and counts as frame_decode_attention.
-inline void check_frame_decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                    const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& num_frames,
-                                    double scale, const c10::optional<at::Tensor>& weight,
-                                    const c10::optional<at::Tensor>& bias, double eps) {
+// frame_decode_step: q, k, v (B, S, H, D), the current frame, or (B, n, S, H, D), n consecutive frames; the caches
+// and counts as frame_decode_attention. Returns n (1 for the 4-D form).
+inline int64_t check_frame_decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                       const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                       const at::Tensor& num_frames, double scale,
+                                       const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                                       double eps) {
   const char* op = "frame_decode_step";
-  check_frame_decode(q, k_cache, v_cache, num_frames, scale);
+  TORCH_CHECK_VALUE(q.dim() == 4 || q.dim() == 5, op, ": q must be a 4-D (B, S, H, D) tensor (one frame) or a 5-D "
+                    "(B, n, S, H, D) one (n consecutive frames), got shape ", q.sizes());
+  TORCH_CHECK_VALUE(q.dim() == 4 || q.size(1) >= 1, op, ": q holds no frame (n = 0), shape ", q.sizes());
+  check_frame_decode(q.dim() == 5 ? q.select(1, 0) : q, k_cache, v_cache, num_frames, scale, op);
   TORCH_CHECK_VALUE(k.sizes() == q.sizes() && v.sizes() == q.sizes(), op,
-                    ": k and v (the current frame's) must have q's shape (B, S, H, D) = ", q.sizes(), ", got ",
-                    k.sizes(), " and ", v.sizes());
-  // The qk LayerNorm's weights, and k's and v's dtype and device: the attention ops' checks on a one-frame view.
-  check_attention(op, Axis::kTemporal, q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), false, scale, weight, bias, eps);
+                    ": k and v (the current frames') must have q's shape ", q.sizes(), ", got ", k.sizes(), " and ",
+                    v.sizes());
+  // The qk LayerNorm's weights, and k's and v's dtype and device: the attention ops' checks on a frame-run view.
+  const auto run = [&](const at::Tensor& t) { return t.dim() == 5 ? t : t.unsqueeze(1); };
+  check_attention(op, Axis::kTemporal, run(q), run(k), run(v), false, scale, weight, bias, eps);
   for (const auto* t : {&k_cache, &v_cache}) {
     TORCH_CHECK_VALUE(at::has_internal_overlap(*t) != at::MemOverlap::Yes, op, ": ",
                       t == &k_cache ? "k_cache" : "v_cache",
                       " is written in place, so no two of its elements may share memory (an expanded view?), got "
                       "strides ", t->strides());
   }
+  return q.dim() == 5 ? q.size(1) : 1;
 }
 
 using ForwardResult = std::tuple<at::Tensor, at::Tensor>;  // (out, lse)

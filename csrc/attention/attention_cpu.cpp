@@ -161,24 +161,28 @@ NormGrads backward(const char* op, Axis axis, const at::Tensor& grad_out, const 
 
 using Entry = EntryPoints<&forward, &backward, /*kZeroGrads=*/false>;
 
-// The frame counts as a contiguous int64 tensor, each checked against [1, T_max] (on CPU the values are read
-// directly: there is no device to sync with, so out-of-range values raise).
-at::Tensor checked_frames(const char* op, const at::Tensor& num_frames, int64_t t_max) {
+// The frame counts as a contiguous int64 tensor, each checked against [1, T_max - n + 1] (on CPU the values are read
+// directly: there is no device to sync with, so out-of-range values raise). n is the number of consecutive frames
+// a step writes and decodes (the last of them lands at slot num_frames + n - 2).
+at::Tensor checked_frames(const char* op, const at::Tensor& num_frames, int64_t t_max, int64_t n = 1) {
   const at::Tensor frames = num_frames.to(at::kLong).reshape({-1}).contiguous();
   const int64_t* nf = frames.data_ptr<int64_t>();
+  const int64_t top = t_max - n + 1;
   for (int64_t i = 0; i < frames.numel(); ++i) {
-    TORCH_CHECK_VALUE(nf[i] >= 1 && nf[i] <= t_max, op, ": num_frames must lie in [1, T_max = ", t_max, "], got ",
-                      nf[i], frames.numel() > 1 ? " for batch " + std::to_string(i) : "");
+    TORCH_CHECK_VALUE(nf[i] >= 1 && nf[i] <= top, op, ": num_frames must lie in [1, ",
+                      n == 1 ? "T_max = " : "T_max - n + 1 = ", top, "]",
+                      n == 1 ? "" : " (n = " + std::to_string(n) + " frames, T_max = " + std::to_string(t_max) + ")",
+                      ", got ", nf[i], frames.numel() > 1 ? " for batch " + std::to_string(i) : "");
   }
   return frames;
 }
 
-// Writes the current frame's keys (through the qk LayerNorm) and values into slot num_frames[b] - 1 of the
-// caches, one position at a time (the general path of frame_decode_step; the AVX2 and AVX-512 float paths write inside
-// the decode loop instead).
+// Writes one frame's keys (through the qk LayerNorm) and values into slot num_frames[b] - 1 + offset of the
+// caches, one position at a time (the general path of frame_decode_step; the AVX2 and AVX-512 float paths write
+// inside the decode loop instead).
 template <typename scalar_t, typename acc_t, typename Kern>
 void write_frame(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, at::Tensor& v_cache,
-                 const int64_t* nf, bool per_batch, const Norm<acc_t>& norm) {
+                 const int64_t* nf, bool per_batch, int64_t offset, const Norm<acc_t>& norm) {
   const int64_t s_len = k.size(1), heads = k.size(2), d = k.size(3);
   at::parallel_for(0, k.size(0) * s_len, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> row(d);
@@ -193,7 +197,7 @@ void write_frame(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, 
       cpu::store_row<Kern>(row.data(), d, acc_t(1), to, dst.stride(4));
     };
     for (int64_t pos = begin; pos < end; ++pos) {
-      const int64_t b = pos / s_len, s = pos % s_len, slot = nf[per_batch ? b : 0] - 1;
+      const int64_t b = pos / s_len, s = pos % s_len, slot = nf[per_batch ? b : 0] - 1 + offset;
       for (int64_t h = 0; h < heads; ++h) {
         copy_row(k, k_cache, b, s, h, slot, norm.on);
         copy_row(v, v_cache, b, s, h, slot, false);
@@ -202,45 +206,52 @@ void write_frame(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, 
   });
 }
 
-// Temporal attention of one query frame over the first num_frames[b] cached frames, the qk LayerNorm (if given)
-// applied to q only: the cache holds keys already normalized. With `fresh` (k, v of the current frame), they are
-// first written into slot num_frames[b] - 1 (frame_decode_step).
+// Temporal attention of n consecutive query frames q (B, n, S, H, D) over the cache, frame i over the first
+// num_frames[b] + i cached frames, the qk LayerNorm (if given) applied to q only: the cache holds keys already
+// normalized. With `fresh` (k, v of the same frames, (B, n, S, H, D)), frame i's are first written into slot
+// num_frames[b] - 1 + i (frame_decode_step). Returns (B, n, S, H, D).
 at::Tensor decode_cpu(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& frames,
                       double scale, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
                       double eps, const std::pair<at::Tensor, at::Tensor>* fresh) {
-  const int64_t t_max = k_cache.size(1);
+  const int64_t t_max = k_cache.size(1), n = q.size(1);
   const int64_t* nf = frames.data_ptr<int64_t>();
   const bool per_batch = frames.numel() > 1;
   auto lk_of = [&](int64_t b) { return nf[per_batch ? b : 0]; };
   at::Tensor out = at::empty(q.sizes(), q.options());
-  at::Tensor out5 = out.unsqueeze(1);  // q (B, S, H, D) seen as a one-frame (B, 1, S, H, D) video, out likewise
-  const Problem p{q.size(0), q.size(1), q.size(2), 1, t_max, q.size(3), false, scale, false, 0.0};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "frame_decode_attention", [&] {
     using acc_t = acc_type_t<scalar_t>;
-    const Norm<acc_t> norm = make_norm<acc_t>(weight, bias, eps, p.dim);
+    const Norm<acc_t> norm = make_norm<acc_t>(weight, bias, eps, q.size(4));
     with_kernels<acc_t>([&](auto kern) {
       using Kern = decltype(kern);
       if constexpr (Kern::kHasDecodeRow && std::is_same_v<scalar_t, float>) {
         if (t_max <= 16 && k_cache.stride(4) == 1 && v_cache.stride(4) == 1) {
+          // All n frames in one sweep over the positions: the cached rows are read from memory once, not n times.
           const auto t = Axis::kTemporal;
+          const Problem p{q.size(0), q.size(2), q.size(3), n, t_max, q.size(4), false, scale, false, 0.0};
           std::optional<cpu::FrameWrite> write;
           if (fresh != nullptr)
-            write = cpu::FrameWrite{operand<float>(fresh->first.unsqueeze(1), t),
-                                    operand<float>(fresh->second.unsqueeze(1), t), mut_operand<float>(k_cache, t),
-                                    mut_operand<float>(v_cache, t), &norm};
-          return cpu::decode_forward<Kern>(p, operand<float>(q.unsqueeze(1), t), operand<float>(k_cache, t),
-                                           operand<float>(v_cache, t), mut_operand<float>(out5, t), norm, lk_of,
+            write = cpu::FrameWrite{operand<float>(fresh->first, t), operand<float>(fresh->second, t),
+                                    mut_operand<float>(k_cache, t), mut_operand<float>(v_cache, t), &norm};
+          return cpu::decode_forward<Kern>(p, operand<float>(q, t), operand<float>(k_cache, t),
+                                           operand<float>(v_cache, t), mut_operand<float>(out, t), norm, lk_of,
                                            write ? &*write : nullptr);
         }
       }
-      if (fresh != nullptr) write_frame<scalar_t, acc_t, Kern>(fresh->first, fresh->second, k_cache, v_cache, nf,
-                                                             per_batch, norm);
-      // The general engine would normalize the cached keys as well: normalize q on its own first.
-      const at::Tensor qn = weight.has_value() ? at::layer_norm(q, {q.size(3)}, weight, bias, eps) : q;
-      cpu::flash_forward<scalar_t, acc_t, Kern>(
-          p, operand<scalar_t>(qn.unsqueeze(1), Axis::kTemporal), operand<scalar_t>(k_cache, Axis::kTemporal),
-          operand<scalar_t>(v_cache, Axis::kTemporal), mut_operand<scalar_t>(out5, Axis::kTemporal),
-          static_cast<acc_t*>(nullptr), Roles{0, 0, 0, 0, 0}, Norm<acc_t>{}, lk_of);
+      // The general engine, frame by frame (each after the frames before it are written).
+      const Problem p{q.size(0), q.size(2), q.size(3), 1, t_max, q.size(4), false, scale, false, 0.0};
+      for (int64_t i = 0; i < n; ++i) {
+        if (fresh != nullptr)
+          write_frame<scalar_t, acc_t, Kern>(fresh->first.select(1, i), fresh->second.select(1, i), k_cache, v_cache,
+                                             nf, per_batch, i, norm);
+        // The general engine would normalize the cached keys as well: normalize q on its own first.
+        const at::Tensor qi = q.narrow(1, i, 1);
+        const at::Tensor qn = weight.has_value() ? at::layer_norm(qi, {q.size(4)}, weight, bias, eps) : qi;
+        at::Tensor oi = out.narrow(1, i, 1);
+        cpu::flash_forward<scalar_t, acc_t, Kern>(
+            p, operand<scalar_t>(qn, Axis::kTemporal), operand<scalar_t>(k_cache, Axis::kTemporal),
+            operand<scalar_t>(v_cache, Axis::kTemporal), mut_operand<scalar_t>(oi, Axis::kTemporal),
+            static_cast<acc_t*>(nullptr), Roles{0, 0, 0, 0, 0}, Norm<acc_t>{}, [&](int64_t b) { return lk_of(b) + i; });
+      }
     });
   });
   return out;
@@ -251,17 +262,20 @@ at::Tensor frame_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_c
   check_frame_decode(q, k_cache, v_cache, num_frames, scale);
   const at::Tensor frames = checked_frames("frame_decode_attention", num_frames, k_cache.size(1));
   at::Tensor kc = k_cache, vc = v_cache;  // read only: no frame is written
-  return decode_cpu(q, kc, vc, frames, scale, c10::nullopt, c10::nullopt, 0.0, nullptr);
+  return decode_cpu(q.unsqueeze(1), kc, vc, frames, scale, c10::nullopt, c10::nullopt, 0.0, nullptr).squeeze(1);
 }
 
 at::Tensor frame_decode_step_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
                                  at::Tensor& v_cache, const at::Tensor& num_frames, double scale,
                                  const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
                                  double eps) {
-  check_frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale, weight, bias, eps);
-  const at::Tensor frames = checked_frames("frame_decode_step", num_frames, k_cache.size(1));
-  const std::pair<at::Tensor, at::Tensor> fresh{k, v};
-  return decode_cpu(q, k_cache, v_cache, frames, scale, weight, bias, eps, &fresh);
+  const int64_t n = check_frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale, weight, bias, eps);
+  const at::Tensor frames = checked_frames("frame_decode_step", num_frames, k_cache.size(1), n);
+  const bool run = q.dim() == 5;  // (B, n, S, H, D); else one (B, S, H, D) frame
+  const auto as_run = [&](const at::Tensor& t) { return run ? t : t.unsqueeze(1); };
+  const std::pair<at::Tensor, at::Tensor> fresh{as_run(k), as_run(v)};
+  at::Tensor out = decode_cpu(as_run(q), k_cache, v_cache, frames, scale, weight, bias, eps, &fresh);
+  return run ? out : out.squeeze(1);
 }
 
 }  // namespace

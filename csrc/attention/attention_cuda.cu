@@ -199,22 +199,30 @@ at::Tensor frame_decode_attention_cuda(const at::Tensor& q, const at::Tensor& k_
 
 // The decoding step as device ops around the decode kernel: the qk LayerNorm of the new keys and queries
 // (at::layer_norm), the write into slot num_frames[b] - 1 (index_put_ with device indices: no host sync, so the
-// step stays graph-capturable; counts are clamped to [1, T_max] as in frame_decode_attention_cuda).
+// step stays graph-capturable; counts are clamped to [1, T_max] as in frame_decode_attention_cuda). A run of n
+// frames (B, n, S, H, D) is n such steps, frame i at count num_frames + i.
 at::Tensor frame_decode_step_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
                                   at::Tensor& v_cache, const at::Tensor& num_frames, double scale,
                                   const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
                                   double eps) {
-  check_frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale, weight, bias, eps);
+  const int64_t n = check_frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale, weight, bias, eps);
   const c10::cuda::CUDAGuard guard(q.device());
-  const int64_t batch = q.size(0), t_max = k_cache.size(1), d = q.size(3);
-  const at::Tensor slot = num_frames.to(at::kLong).reshape({-1}).sub(1).clamp(0, t_max - 1).expand({batch});
-  const at::Tensor rows = at::arange(batch, slot.options());
-  const at::Tensor kn = weight.has_value() ? at::layer_norm(k, {d}, weight, bias, eps) : k;
-  using at::indexing::TensorIndex;
-  k_cache.index_put_({TensorIndex(rows), TensorIndex(slot)}, kn);
-  v_cache.index_put_({TensorIndex(rows), TensorIndex(slot)}, v);
-  const at::Tensor qn = weight.has_value() ? at::layer_norm(q, {d}, weight, bias, eps) : q;
-  return frame_decode_attention_cuda(qn, k_cache, v_cache, num_frames, scale);
+  const int64_t batch = q.size(0), t_max = k_cache.size(1), d = q.size(-1);
+  const auto step = [&](const at::Tensor& qi, const at::Tensor& ki, const at::Tensor& vi, const at::Tensor& count) {
+    const at::Tensor slot = count.to(at::kLong).reshape({-1}).sub(1).clamp(0, t_max - 1).expand({batch});
+    const at::Tensor rows = at::arange(batch, slot.options());
+    const at::Tensor kn = weight.has_value() ? at::layer_norm(ki, {d}, weight, bias, eps) : ki;
+    using at::indexing::TensorIndex;
+    k_cache.index_put_({TensorIndex(rows), TensorIndex(slot)}, kn);
+    v_cache.index_put_({TensorIndex(rows), TensorIndex(slot)}, vi);
+    const at::Tensor qn = weight.has_value() ? at::layer_norm(qi, {d}, weight, bias, eps) : qi;
+    return frame_decode_attention_cuda(qn, k_cache, v_cache, count, scale);
+  };
+  if (q.dim() == 4) return step(q, k, v, num_frames);
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  for (int64_t i = 0; i < n; ++i)
+    out.select(1, i).copy_(step(q.select(1, i), k.select(1, i), v.select(1, i), num_frames.add(i)));
+  return out;
 }
 
 }  // namespace

@@ -308,10 +308,10 @@ void short_forward(const Problem& p, Operand<scalar_t> q, Operand<scalar_t> k, O
   });
 }
 
-// The current frame's keys and values for frame decoding to write into slot lk - 1 of the caches (keys through
-// the qk LayerNorm) just before each position attends, so the rows it then reads are already in cache.
+// The current frames' keys and values for frame decoding to write into slots lk - 1 .. lk - 2 + n of the caches
+// (keys through the qk LayerNorm) just before each position attends, so the rows it then reads are already in cache.
 struct FrameWrite {
-  Operand<float> k, v;                 // (B, 1, S, H, D) views of the current frame
+  Operand<float> k, v;                 // (B, n, S, H, D) views of the current frames
   MutOperand<float> k_cache, v_cache;  // the caches the decode reads
   const Norm<float>* norm;
 };
@@ -328,48 +328,61 @@ inline void prefetch_row_l2(const float* row, int64_t d) {
   }
 }
 
-// Frame decoding (one query frame, float, contiguous head dims) through the kernels' one-row decode: per
-// position and head, the scores, softmax and weighted sum of the cached rows read in place, with nothing
-// packed but the query rows. The decode is bound by reading the cache (2 x frames x S x H x D floats per
-// layer and step), so each head's rows at the next position are prefetched into L2 while this one runs.
+// Frame decoding (p.lq consecutive query frames, float, contiguous head dims) through the kernels' one-row decode:
+// per position and head, the scores, softmax and weighted sum of the cached rows read in place, with nothing
+// packed but the query rows. Query frame i sees lk + i keys (lk = lk_of(b)). The decode is bound by reading the
+// cache (2 x frames x S x H x D floats per layer and step), so each head's rows at the next position are prefetched
+// into L2 while this one runs, and the n query frames of a position run one after another while its rows are in
+// L1: the cache is read from memory once per call, not once per frame.
 template <typename Kern, typename LkOf>
 void decode_forward(const Problem& p, Operand<float> q, Operand<float> k, Operand<float> v, MutOperand<float> out,
                     const Norm<float>& norm, LkOf lk_of, const FrameWrite* write = nullptr) {
-  const int64_t d = p.dim, dv = round_up(d, 16), heads = p.heads;
+  const int64_t d = p.dim, dv = round_up(d, 16), heads = p.heads, n = p.lq;
   const float scale = static_cast<float>(p.scale);
   // Rows of every head of one position, normalized together (Kern::layer_norm_rows), 16 heads at a time.
-  auto normalize = [&](float* rows, const Norm<float>& n) {
-    if (!n.on) return;
+  auto normalize = [&](float* rows, const Norm<float>& nm) {
+    if (!nm.on) return;
     for (int64_t h0 = 0; h0 < heads; h0 += 16)
-      Kern::layer_norm_rows(rows + h0 * dv, std::min<int64_t>(16, heads - h0), dv, d, n.w.data(), n.b.data(), n.eps);
+      Kern::layer_norm_rows(rows + h0 * dv, std::min<int64_t>(16, heads - h0), dv, d, nm.w.data(), nm.b.data(),
+                            nm.eps);
   };
   at::parallel_for(0, p.batch * p.other, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> rows(heads * dv);
     for (int64_t pos = begin; pos < end; ++pos) {
       const int64_t x = pos % p.other, b = pos / p.other, lk = lk_of(b);
       if (write != nullptr) {
-        for (int64_t h = 0; h < heads; ++h) load_row(write->k.group(b, x, h), write->k.st.d, d, dv, rows.data() + h * dv);
-        normalize(rows.data(), *write->norm);
-        for (int64_t h = 0; h < heads; ++h) {
-          store_row<Kern>(rows.data() + h * dv, d, 1.0f, write->k_cache.group(b, x, h) + (lk - 1) * write->k_cache.st.l,
-                          write->k_cache.st.d);
-          load_row(write->v.group(b, x, h), write->v.st.d, d, dv, rows.data());
-          store_row<Kern>(rows.data(), d, 1.0f, write->v_cache.group(b, x, h) + (lk - 1) * write->v_cache.st.l,
-                          write->v_cache.st.d);
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t slot = lk - 1 + i;
+          for (int64_t h = 0; h < heads; ++h)
+            load_row(write->k.group(b, x, h) + i * write->k.st.l, write->k.st.d, d, dv, rows.data() + h * dv);
+          normalize(rows.data(), *write->norm);
+          for (int64_t h = 0; h < heads; ++h) {
+            store_row<Kern>(rows.data() + h * dv, d, 1.0f, write->k_cache.group(b, x, h) + slot * write->k_cache.st.l,
+                            write->k_cache.st.d);
+            load_row(write->v.group(b, x, h) + i * write->v.st.l, write->v.st.d, d, dv, rows.data());
+            store_row<Kern>(rows.data(), d, 1.0f, write->v_cache.group(b, x, h) + slot * write->v_cache.st.l,
+                            write->v_cache.st.d);
+          }
         }
       }
-      for (int64_t h = 0; h < heads; ++h) load_row(q.group(b, x, h), q.st.d, d, dv, rows.data() + h * dv);
-      normalize(rows.data(), norm);
       const NextPosition<float> next(pos, end, p.other);
-      const int64_t next_lk = next.valid ? lk_of(next.b) : 0;
-      for (int64_t h = 0; h < heads; ++h) {
-        for (int64_t j = 0; j < next_lk; ++j) {  // head h's cached rows at the next position, into L2 (see above)
-          prefetch_row_l2(k.group(next.b, next.x, h) + j * k.st.l, d);
-          prefetch_row_l2(v.group(next.b, next.x, h) + j * v.st.l, d);
+      const int64_t next_lk = next.valid ? lk_of(next.b) + n - 1 : 0;
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t h = 0; h < heads; ++h)
+          load_row(q.group(b, x, h) + i * q.st.l, q.st.d, d, dv, rows.data() + h * dv);
+        normalize(rows.data(), norm);
+        for (int64_t h = 0; h < heads; ++h) {
+          if (i == 0) {
+            for (int64_t j = 0; j < next_lk; ++j) {  // head h's cached rows at the next position, into L2 (see above)
+              prefetch_row_l2(k.group(next.b, next.x, h) + j * k.st.l, d);
+              prefetch_row_l2(v.group(next.b, next.x, h) + j * v.st.l, d);
+            }
+          }
+          float* row = rows.data() + h * dv;
+          Kern::scale(row, d, scale, row);
+          Kern::decode_row(row, k.group(b, x, h), k.st.l, v.group(b, x, h), v.st.l, lk + i, d,
+                           out.group(b, x, h) + i * out.st.l);
         }
-        float* row = rows.data() + h * dv;
-        Kern::scale(row, d, scale, row);
-        Kern::decode_row(row, k.group(b, x, h), k.st.l, v.group(b, x, h), v.st.l, lk, d, out.group(b, x, h));
       }
     }
   });

@@ -469,7 +469,7 @@ def test_frame_decode_step_opcheck_and_compile():
 def test_frame_decode_step_bad_inputs():
     q = torch.randn(2, 4, 2, 8)
     kc = torch.randn(2, 5, 4, 2, 8)
-    with pytest.raises(ValueError, match=r"k \(the current frame's\) must have q's shape"):
+    with pytest.raises(ValueError, match=r"k \(the current frames'\) must have q's shape"):
         wmkernels.frame_decode_step(q, q[:, :3], q, kc, kc.clone(), torch.tensor(2))
     with pytest.raises(TypeError, match="v has dtype torch.float64"):
         wmkernels.frame_decode_step(q, q, q.double(), kc, kc.clone(), torch.tensor(2))
@@ -478,10 +478,109 @@ def test_frame_decode_step_bad_inputs():
     with pytest.raises(ValueError, match=r"qk_norm_weight must have shape \(D,\) = \(8,\)"):
         wmkernels.frame_decode_step(q, q, q, kc, kc.clone(), torch.tensor(2), qk_norm_weight=torch.ones(3))
     # The op itself checks too (direct torch.ops calls skip the Python checks).
-    with pytest.raises(ValueError, match="k and v \\(the current frame's\\) must have q's shape"):
+    with pytest.raises(ValueError, match="k and v \\(the current frames'\\) must have q's shape"):
         torch.ops.wmk.frame_decode_step(q, q[:, :3], q, kc, kc.clone(), torch.tensor(2), 0.5)
     with pytest.raises(ValueError, match=r"frame_decode_step: num_frames must lie in \[1, T_max = 5\]"):
         torch.ops.wmk.frame_decode_step(q, q, q, kc, kc.clone(), torch.tensor(0), 0.5)
+
+
+def _frame_run_case(t_max, d, dtype=torch.float32, b=3, n=3, s=5, h=9):
+    """n consecutive frames as views of one fused (B, n, S, 3, H, D) projection, caches with NaN/inf past the
+    counts (the uninitialized part of a FrameKVCache), per-batch counts with the last run ending at T_max."""
+    g = torch.Generator().manual_seed(6)
+    qkv = torch.randn(b, n, s, 3, h, d, generator=g).to(dtype)
+    kc, vc = (torch.randn(b, t_max, s, h, d, generator=g).to(dtype) for _ in range(2))
+    nf = torch.tensor([1, t_max - n + 1, 4][:b])
+    for i, c in enumerate(nf.tolist()):
+        kc[i, c - 1:], vc[i, c - 1:] = float("nan"), float("inf")
+    w, bias = (x.to(dtype) for x in make_norm(d, torch.float64))
+    return qkv.unbind(3), kc, vc, nf, w, bias
+
+
+def _frame_by_frame(q, k, v, kc, vc, nf, w, bias, backend="auto"):
+    """The n frames of a run as n one-frame steps, in order."""
+    return torch.stack([wmkernels.frame_decode_step(q[:, i], k[:, i], v[:, i], kc, vc, nf + i, qk_norm_weight=w,
+                                                    qk_norm_bias=bias, backend=backend) for i in range(q.shape[1])], 1)
+
+
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("t_max", [16, 17], ids=["decode-kernel", "general-engine"])
+@pytest.mark.parametrize("d", [13, 32])
+def test_frame_decode_step_run_of_frames_equals_frame_by_frame(isa, t_max, d):
+    """q, k, v (B, n, S, H, D): one call writes and decodes n consecutive frames (the sampler's commit plus next
+    step), frame i over the counts' first num_frames + i slots. It must give exactly what n one-frame calls give,
+    outputs and caches, on the one-row decode kernels (T_max <= 16, which read the cache once for all n frames)
+    and on the general engine; nothing past each frame's count may be read."""
+    (q, k, v), kc, vc, nf, w, bias = _frame_run_case(t_max, d)
+    kc1, vc1 = kc.clone(), vc.clone()
+    originals = [t.clone() for t in (q, k, v)]
+    with _isa(isa):
+        out = wmkernels.frame_decode_step(q, k, v, kc, vc, nf, qk_norm_weight=w, qk_norm_bias=bias)
+        want = _frame_by_frame(q, k, v, kc1, vc1, nf, w, bias)
+    assert out.shape == q.shape and torch.isfinite(out).all()
+    assert torch.equal(out, want), f"{isa}: the run differs from frame-by-frame steps"
+    # (NaN != NaN: the untouched slots past the counts compare through nan_to_num.)
+    assert torch.equal(kc.nan_to_num(), kc1.nan_to_num()) and torch.equal(vc.nan_to_num(), vc1.nan_to_num())
+    for t, o in zip((q, k, v), originals):
+        assert torch.equal(t, o), "an input was modified"
+    # And the numerics rule against the reference composed step by step in float64.
+    kc64, vc64, outs = kc.double().clone(), vc.double().clone(), []
+    for i in range(q.shape[1]):
+        o64, kc64, vc64 = _decode_step_reference(q[:, i].double(), k[:, i].double(), v[:, i].double(),
+                                                 torch.nan_to_num(kc64, nan=0.0, posinf=0.0), torch.nan_to_num(
+                                                     vc64, nan=0.0, posinf=0.0), nf + i, w.double(), bias.double())
+        outs.append(o64)
+    torch.testing.assert_close(out.double(), torch.stack(outs, 1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS + [pytest.param("cpu", "reference", id="cpu-reference")])
+def test_frame_decode_step_run_of_frames_every_backend(device, backend):
+    dtype = torch.float64 if backend == "reference" else torch.float32
+    (q, k, v), kc, vc, nf, w, bias = _frame_run_case(6, 16, dtype, b=2, n=2, s=3, h=2)
+    x = [t.to(device) for t in (q, k, v, kc, vc, nf, w, bias)]
+    kc1, vc1 = x[3].clone(), x[4].clone()
+    out = wmkernels.frame_decode_step(*x[:3], x[3], x[4], x[5], qk_norm_weight=x[6], qk_norm_bias=x[7],
+                                      backend=backend)
+    want = _frame_by_frame(*x[:3], kc1, vc1, x[5], x[6], x[7], backend=backend)
+    assert out.shape == q.shape
+    torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(x[3].nan_to_num(), kc1.nan_to_num(), atol=0, rtol=0)
+    torch.testing.assert_close(x[4].nan_to_num(), vc1.nan_to_num(), atol=0, rtol=0)
+
+
+def test_frame_decode_step_run_of_frames_float64_and_compile():
+    (q, k, v), kc, vc, nf, w, bias = _frame_run_case(7, 8, torch.float64, b=2, n=2, s=3, h=2)
+    kc1, vc1 = kc.clone(), vc.clone()
+    out = wmkernels.frame_decode_step(q, k, v, kc, vc, nf, qk_norm_weight=w, qk_norm_bias=bias)
+    assert torch.equal(out, _frame_by_frame(q, k, v, kc1, vc1, nf, w, bias))
+    qf, kf, vf, kcf, vcf, wf, bf = (t.float() for t in (q, k, v, kc, vc, w, bias))
+    torch.library.opcheck(torch.ops.wmk.frame_decode_step, (qf, kf, vf, kcf.clone(), vcf.clone(), nf, 0.3, wf, bf,
+                                                            1e-5))
+    step = torch.compile(lambda q, k, v, kc, vc, n: wmkernels.frame_decode_step(q, k, v, kc, vc, n, qk_norm_weight=wf,
+                                                                                 qk_norm_bias=bf), fullgraph=True)
+    kc2, vc2, kc3, vc3 = kcf.clone(), vcf.clone(), kcf.clone(), vcf.clone()
+    got = step(qf, kf, vf, kc2, vc2, nf)
+    assert torch.equal(got, wmkernels.frame_decode_step(qf, kf, vf, kc3, vc3, nf, qk_norm_weight=wf, qk_norm_bias=bf))
+    assert torch.equal(kc2.nan_to_num(), kc3.nan_to_num())
+
+
+def test_frame_decode_step_run_of_frames_bad_inputs():
+    q = torch.randn(2, 3, 4, 2, 8)  # (B, n = 3, S, H, D)
+    kc = torch.randn(2, 5, 4, 2, 8)
+    for call in (wmkernels.frame_decode_step, lambda *a: torch.ops.wmk.frame_decode_step(*a, 0.5)):
+        # slots num_frames - 1 .. num_frames + 1 must exist: num_frames <= T_max - n + 1 = 3
+        with pytest.raises(ValueError, match=r"num_frames must lie in \[1, T_max - n \+ 1 = 3\] \(n = 3 frames, "
+                                             r"T_max = 5\), got 4"):
+            call(q, q, q, kc, kc.clone(), torch.tensor([1, 4]))
+        with pytest.raises(ValueError, match=r"q holds no frame \(n = 0\)"):
+            call(q[:, :0], q[:, :0], q[:, :0], kc, kc.clone(), torch.tensor(1))
+        with pytest.raises(ValueError, match=r"q must be a 4-D \(B, S, H, D\) tensor \(one frame\) or a 5-D"):
+            call(q[0, 0], q[0, 0], q[0, 0], kc, kc.clone(), torch.tensor(1))
+        with pytest.raises(ValueError, match=r"k \(the current frames'\) must have q's shape|k and v \(the current "
+                                             r"frames'\) must have q's shape"):
+            call(q, q[:, :2], q, kc, kc.clone(), torch.tensor(1))
+    with pytest.raises(ValueError, match=r"num_frames must lie in \[1, T_max - n \+ 1 = 3\]"):
+        wmkernels.frame_decode_step(q, q, q, kc, kc.clone(), torch.tensor(4), backend="reference")
 
 
 @pytest.mark.parametrize("device,backend", BACKENDS + [pytest.param("cpu", "reference", id="cpu-reference")])

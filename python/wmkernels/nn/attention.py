@@ -96,14 +96,17 @@ class SelfAttention(nn.Module):
             o = temporal_attention_qkv(qkv, self.causal, self.scale, backend=self.backend, **self._norm_kwargs())
         return self._out(o)
 
-    def forward_prefill(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+    def forward_prefill(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        last_only: bool = False) -> torch.Tensor:
         """Temporal attention over frames 0 .. T0-1 that also stores their K/V.
 
         x: (B, T0, S, C); k_cache, v_cache: (B, T_max, S, H, D), written in place at frames 0 .. T0-1.
-        Returns (B, T0, S, C), equal to `forward(x)`.
+        Returns (B, T0, S, C), equal to `forward(x)`; with `last_only` the last frame's (B, 1, S, C) only.
         """
         self._check_time("forward_prefill")
         q, k, v = self._qkv(x)
+        if last_only:  # the causal mask is aligned to the end: the last query frame sees every key frame
+            q = q[:, -1:]
         q, k = self._apply_qk_norm(q, k)
         t0 = x.shape[1]
         k_cache[:, :t0].copy_(k)
@@ -111,24 +114,25 @@ class SelfAttention(nn.Module):
         return self._out(temporal_attention(q, k, v, self.causal, self.scale, backend=self.backend))
 
     def forward_decode(
-        self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor
+        self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Temporal attention of n consecutive frames against the frames cached before them.
 
         x: (B, n, S, C), the frames at indices position .. position + n - 1; position: int64 tensor of shape (1,)
         (a tensor, so that no host synchronisation is needed). Frame i's K/V are written into slot position + i
         of k_cache, v_cache (B, T_max, S, H, D), and it attends to slots 0 .. position + i: one frame decode per
-        frame, in order, so each sees the ones before it. Returns (B, n, S, C), equal to the causal forward's.
+        frame, in order, so each sees the ones before it. Returns (B, n, S, C), equal to the causal forward's;
+        with `last_only` the last frame's (B, 1, S, C) only (every frame's K/V is still written).
         """
         self._check_time("forward_decode")
         q, k, v = self._qkv(x)
-        out = []
-        for i in range(x.shape[1]):
-            num_frames = (position + (i + 1)).reshape(())  # the op takes a () or (B,) count
-            # One op writes the frame's normalized keys and its values into its slot and attends.
-            out.append(frame_decode_step(q[:, i], k[:, i], v[:, i], k_cache, v_cache, num_frames, self.scale,
-                                         backend=self.backend, **self._norm_kwargs()))
-        return self._out(out[0].unsqueeze(1) if len(out) == 1 else torch.stack(out, dim=1))
+        # One op writes the frames' normalized keys and their values into their slots and attends (the CPU kernel
+        # reads the cache once for all n frames).
+        num_frames = (position + 1).reshape(())  # the op takes a () or (B,) count
+        o = frame_decode_step(q, k, v, k_cache, v_cache, num_frames, self.scale, backend=self.backend,
+                              **self._norm_kwargs())
+        return self._out(o[:, -1:] if last_only else o)
 
     def _check_time(self, name: str) -> None:
         if self.axis != "time" or not self.causal:

@@ -356,14 +356,25 @@ def frame_decode_step(
     attend over slots 0 .. num_frames[b] - 1, as `frame_decode_attention` does. So the caches hold normalized
     keys. num_frames: int32/int64 () or (B,) on the device, read there (no host sync). Returns (B, S, H, D).
     Equal to: write LayerNorm(k), v into the caches, then frame_decode_attention(LayerNorm(q), ...).
+
+    q, k, v may also be (B, n, S, H, D): n consecutive frames, frame i written at slot num_frames[b] - 1 + i and
+    attending over slots 0 .. num_frames[b] - 1 + i (n steps in one call; num_frames[b] + n - 1 <= T_max). The CPU
+    kernel then reads the cache once for all n frames. Returns (B, n, S, H, D).
     """
     op = "frame_decode_step"
-    _check_frame_decode(op, q, k_cache, v_cache, num_frames)
+    if not isinstance(q, torch.Tensor) or q.dim() not in (4, 5):
+        check_tensor(q, "q")
+        raise ValueError(f"{op}: q must be a 4-D (B, S, H, D) tensor (one frame) or a 5-D (B, n, S, H, D) one (n "
+                         f"consecutive frames), got shape {tuple(q.shape)}")
+    if q.dim() == 5 and q.shape[1] == 0:
+        raise ValueError(f"{op}: q holds no frame (n = 0), shape {tuple(q.shape)}")
+    run = q.dim() == 5
+    _check_frame_decode(op, q[:, 0] if run else q, k_cache, v_cache, num_frames)
     for name, t in (("k", k), ("v", v)):
         check_tensor(t, name)
         if tuple(t.shape) != tuple(q.shape):
-            raise ValueError(f"{op}: {name} (the current frame's) must have q's shape (B, S, H, D) = "
-                             f"{tuple(q.shape)}, got {tuple(t.shape)}")
+            raise ValueError(f"{op}: {name} (the current frames') must have q's shape {tuple(q.shape)}, got "
+                             f"{tuple(t.shape)}")
         if t.dtype != q.dtype:
             raise TypeError(f"{op}: {name} has dtype {t.dtype} but q has {q.dtype}")
         if t.device != q.device:
@@ -373,10 +384,20 @@ def frame_decode_step(
         if not torch.compiler.is_compiling() and torch._debug_has_internal_overlap(t) == 1:
             raise ValueError(f"{op}: {name} is written in place, so no two of its elements may share memory (an "
                              f"expanded view?), got strides {t.stride()}")
-    _check_norm(op, q.unsqueeze(1), qk_norm_weight, qk_norm_bias, qk_norm_eps)
+    _check_norm(op, q if run else q.unsqueeze(1), qk_norm_weight, qk_norm_bias, qk_norm_eps)
     scale = _scale(q, scale)
+    n = q.shape[1] if run else 1
     impl = _decode_impl(op, backend, q, k_cache, num_frames)
+    if impl == "reference" and n > 1 and num_frames.device.type == "cpu":  # as the C++ kernel checks it
+        t_max = k_cache.shape[1]
+        if bool((num_frames > t_max - n + 1).any()):
+            raise ValueError(f"{op}: num_frames must lie in [1, T_max - n + 1 = {t_max - n + 1}] (n = {n} frames, "
+                             f"T_max = {t_max}), got {int(num_frames.max())}")
     if impl in ("reference", "triton"):
+        if run:  # n one-frame steps, each after the frames before it are written
+            return torch.stack([frame_decode_step(q[:, i], k[:, i], v[:, i], k_cache, v_cache, num_frames + i, scale,
+                                                  qk_norm_weight=qk_norm_weight, qk_norm_bias=qk_norm_bias,
+                                                  qk_norm_eps=qk_norm_eps, backend=impl) for i in range(n)], dim=1)
         # Device ops around the decode kernel: the LayerNorm, then the write with device-side slot indices.
         b, t_max = q.shape[0], k_cache.shape[1]
         qn, kn = _reference_norm(q, k, qk_norm_weight, qk_norm_bias, qk_norm_eps)
