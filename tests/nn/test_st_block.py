@@ -138,11 +138,20 @@ def test_cached_paths_equal_full_forward(qk_norm):
         pre = model.forward_prefill(x[:, :3], cache)
         dec = model.forward_decode(x[:, 3:4], cache, torch.tensor([3]))
         dec2 = model.forward_decode(x[:, 3:5], cache, torch.tensor([3]))  # two frames in one pass
+        # Only the last frame's rows out of the last layer (the sampler's passes): the same rows, every K/V written.
+        cache_last = FrameKVCache(2, b, t, s, HEADS, D_MODEL // HEADS)
+        pre_last = model.forward_prefill(x[:, :3], cache_last, last_only=True)
+        dec_last = model.forward_decode(x[:, 3:5], cache_last, torch.tensor([3]), last_only=True)
     # Different kernels (full temporal attention vs frame decode) round differently: fp32-relative agreement.
     scale = full.abs().max().item()
     assert _max_err(pre, full[:, :3]) <= 1e-5 * scale
     assert _max_err(dec, full[:, 3:4]) <= 1e-5 * scale
     assert _max_err(dec2, full[:, 3:5]) <= 1e-5 * scale
+    assert pre_last.shape == dec_last.shape == (b, 1, s, D_MODEL)
+    assert _max_err(pre_last, full[:, 2:3]) <= 1e-5 * scale
+    assert _max_err(dec_last, full[:, 4:5]) <= 1e-5 * scale
+    assert torch.equal(cache_last.k[:, :, :5], cache.k[:, :, :5]) and torch.equal(cache_last.v[:, :, :5],
+                                                                                  cache.v[:, :, :5])
 
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "frozen"])

@@ -175,10 +175,12 @@ class STMaskGIT(nn.Module):
                                  f"{tuple(frame.shape)}, got {tuple(commit.shape)}")
             frames, n = torch.cat([commit, frames], dim=1), commit.shape[1]
         cache.check_free_slot("decode_logits", commits=n)
+        # Only `frame`'s rows leave the last layer: the committed frames' output projections and MLP there are
+        # skipped (their K/V are all that is kept).
         if n and cache.host_frames == 0:  # an empty cache: the causal forward over frames 0 .. n, as prefill runs it
-            out = self._causal_pass(frames, cache, n)
+            out = self._causal_pass(frames, cache, n, last_only=True)
         else:
-            out = self._decode_pass(frames, cache, n)
+            out = self._decode_pass(frames, cache, n, last_only=True)
         return self._readout(out[:, -1])
 
     def commit_frame(self, frame: torch.Tensor, cache: FrameKVCache) -> None:
@@ -186,22 +188,25 @@ class STMaskGIT(nn.Module):
         cache.check_free_slot("commit_frame")
         self._decode_pass(frame.unsqueeze(1), cache, 1, need_output=False)
 
-    def _causal_pass(self, frames: torch.Tensor, cache: FrameKVCache, count: int, need_output: bool = True):
-        """frames (B, n, S) as cache frames 0 .. n-1, in one causal forward storing their K/V; num_frames = count."""
+    def _causal_pass(self, frames: torch.Tensor, cache: FrameKVCache, count: int, need_output: bool = True,
+                     last_only: bool = False):
+        """frames (B, n, S) as cache frames 0 .. n-1, in one causal forward storing their K/V; num_frames = count.
+        Returns the output (B, n, S, C), or with `last_only` the last frame's (B, 1, S, C)."""
         x = self._embed(frames, self.pos_embed_TSC[:, : frames.shape[1]])
-        out = self.decoder.forward_prefill(x, cache, need_output=need_output)
+        out = self.decoder.forward_prefill(x, cache, need_output=need_output, last_only=last_only)
         cache.num_frames.fill_(count)
         cache.host_frames = count
         return out
 
-    def _decode_pass(self, frames: torch.Tensor, cache: FrameKVCache, count: int, need_output: bool = True):
+    def _decode_pass(self, frames: torch.Tensor, cache: FrameKVCache, count: int, need_output: bool = True,
+                     last_only: bool = False):
         """frames (B, n, S) at slots num_frames .. num_frames + n - 1, one pass against the cache storing their K/V;
-        the first `count` of them are counted as committed."""
+        the first `count` of them are counted as committed. Output as in _causal_pass."""
         position = cache.position()
         n = frames.shape[1]
         positions = position if n == 1 else position + torch.arange(n, device=position.device)
         x = self._embed(frames, self.pos_embed_TSC.index_select(1, positions))
-        out = self.decoder.forward_decode(x, cache, position, need_output=need_output)
+        out = self.decoder.forward_decode(x, cache, position, need_output=need_output, last_only=last_only)
         if count:
             cache.num_frames.add_(count)
             cache.host_frames += count

@@ -72,23 +72,30 @@ class STBlock(nn.Module):
         x = x + self.temporal_attn(x)
         return x + self.mlp(self.norm2(x))
 
-    def forward_prefill(self, x, k_cache, v_cache, kv_only: bool = False):
-        """x: (B, T0, S, C), frames 0 .. T0-1; stores their temporal K/V in k_cache, v_cache (B, T_max, S, H, D)."""
+    def forward_prefill(self, x, k_cache, v_cache, kv_only: bool = False, last_only: bool = False):
+        """x: (B, T0, S, C), frames 0 .. T0-1; stores their temporal K/V in k_cache, v_cache (B, T_max, S, H, D).
+
+        Returns (B, T0, S, C), or with `last_only` the last frame's rows (B, 1, S, C) only (the other frames' output
+        projections and MLP are skipped: nothing reads them after the last layer)."""
         x = x + self.spatial_attn(self.norm1(x))
         if kv_only:
             self.temporal_attn.write_kv(x, k_cache, v_cache)
             return None
-        x = x + self.temporal_attn.forward_prefill(x, k_cache, v_cache)
+        t = self.temporal_attn.forward_prefill(x, k_cache, v_cache, last_only=last_only)
+        x = (x[:, -1:] if last_only else x) + t
         return x + self.mlp(self.norm2(x))
 
-    def forward_decode(self, x, k_cache, v_cache, position: torch.Tensor, kv_only: bool = False):
+    def forward_decode(self, x, k_cache, v_cache, position: torch.Tensor, kv_only: bool = False,
+                       last_only: bool = False):
         """x: (B, n, S, C), the frames at `position` (int64 tensor (1,)) .. position + n - 1; frame i attends to
-        cached frames 0 .. position + i, its own K/V written at slot position + i."""
+        cached frames 0 .. position + i, its own K/V written at slot position + i. `last_only` as in
+        forward_prefill."""
         x = x + self.spatial_attn(self.norm1(x))
         if kv_only:
             self.temporal_attn.write_kv(x, k_cache, v_cache, position)
             return None
-        x = x + self.temporal_attn.forward_decode(x, k_cache, v_cache, position)
+        t = self.temporal_attn.forward_decode(x, k_cache, v_cache, position, last_only=last_only)
+        x = (x[:, -1:] if last_only else x) + t
         return x + self.mlp(self.norm2(x))
 
 
@@ -107,20 +114,24 @@ class STTransformer(nn.Module):
             x = layer(x)
         return x
 
-    def forward_prefill(self, x: torch.Tensor, cache, need_output: bool = True):
-        """Frames 0 .. T0-1 of x (B, T0, S, C): fill the cache's K/V; return the output only if `need_output`."""
+    def forward_prefill(self, x: torch.Tensor, cache, need_output: bool = True, last_only: bool = False):
+        """Frames 0 .. T0-1 of x (B, T0, S, C): fill the cache's K/V; return the output (B, T0, S, C) only if
+        `need_output`, and with `last_only` only the last frame's (B, 1, S, C)."""
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer.forward_prefill(x, cache.k[i], cache.v[i], kv_only=(i == last and not need_output))
+            x = layer.forward_prefill(x, cache.k[i], cache.v[i], kv_only=(i == last and not need_output),
+                                      last_only=(i == last and last_only))
         return x
 
-    def forward_decode(self, x: torch.Tensor, cache, position: torch.Tensor, need_output: bool = True):
+    def forward_decode(self, x: torch.Tensor, cache, position: torch.Tensor, need_output: bool = True,
+                       last_only: bool = False):
         """Frames x (B, n, S, C) at `position` .. position + n - 1 against the cache, their K/V written there.
 
         n = 1 is a MaskGIT step; n = 2 is the sampler's commit of a finished frame together with the next frame's
-        first step (one pass with twice the rows instead of two passes).
+        first step (one pass with twice the rows instead of two passes). Output as in forward_prefill.
         """
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer.forward_decode(x, cache.k[i], cache.v[i], position, kv_only=(i == last and not need_output))
+            x = layer.forward_decode(x, cache.k[i], cache.v[i], position, kv_only=(i == last and not need_output),
+                                     last_only=(i == last and last_only))
         return x
