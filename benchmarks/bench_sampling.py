@@ -9,6 +9,7 @@ run). Example:
     .venv/bin/python benchmarks/bench_sampling.py --steps 2
     .venv/bin/python benchmarks/bench_sampling.py --steps 4 --samplers cached,truncated
     .venv/bin/python benchmarks/bench_sampling.py --new-frames 24 --samplers cached   # a 32-frame rollout
+    .venv/bin/python benchmarks/bench_sampling.py --decode-run --threads 1   # the decode op alone (see decode_run)
 """
 from __future__ import annotations
 
@@ -55,9 +56,53 @@ def count_calls(model: STMaskGIT, log: list) -> None:
     wrap("commit_frame", model.commit_frame, lambda frame, cache: (1, cache.max_frames, 0))
 
 
+def decode_run(args) -> None:
+    """The sampler's two-frame pass in the decode op alone: per layer, one `frame_decode_step` call on a run of 2
+    frames (q, k, v (B, 2, S, H, D); the CPU kernel reads the cached K/V once) against two one-frame calls, over
+    every layer's cache (the model's shapes, `--cached-frames` frames already cached), interleaved `--repeats`
+    times. Prints the medians and the median of the per-pair ratios."""
+    from wmkernels import frame_decode_step
+
+    d = args.d_model // args.heads
+    g = torch.Generator().manual_seed(0)
+    kc, vc = (torch.randn(args.layers, args.batch, args.T, args.S, args.heads, d, generator=g) for _ in range(2))
+    q, k, v = torch.randn(args.batch, 2, args.S, 3, args.heads, d, generator=g).unbind(3)
+    w, b = torch.ones(d), torch.zeros(d)
+    nf = torch.tensor(args.cached_frames + 1)
+    if not 1 <= args.cached_frames <= args.T - 2:
+        raise SystemExit(f"--cached-frames must lie in [1, T - 2 = {args.T - 2}], got {args.cached_frames}")
+
+    def one_call():
+        for i in range(args.layers):
+            frame_decode_step(q, k, v, kc[i], vc[i], nf, qk_norm_weight=w, qk_norm_bias=b)
+
+    def two_calls():
+        for i in range(args.layers):
+            for j in range(2):
+                frame_decode_step(q[:, j], k[:, j], v[:, j], kc[i], vc[i], nf + j, qk_norm_weight=w, qk_norm_bias=b)
+
+    one_call()  # warm-up
+    two_calls()
+    times = {"run of 2 frames, one call": [], "two one-frame calls": []}
+    for _ in range(args.repeats):
+        for name, fn in zip(times, (one_call, two_calls)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    print(f"frame_decode_step over {args.layers} layers' caches (B={args.batch}, T_max={args.T}, S={args.S}, "
+          f"H={args.heads}, D={d}), {args.cached_frames} frames cached, fp32, {torch.get_num_threads()} threads, "
+          f"{args.repeats} interleaved pairs:")
+    for name, ts in times.items():
+        print(f"  {name:<26} median {statistics.median(ts) * 1e3:8.2f} ms")
+    one, two = times.values()
+    print(f"  speed-up of the run: {statistics.median([b / a for a, b in zip(one, two)]):.2f}x (median per pair)")
+
+
 def run(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.decode_run:
+        return decode_run(args)
     torch.manual_seed(0)
     cfg = STMaskGITConfig(num_layers=args.layers, num_heads=args.heads, d_model=args.d_model, T=args.T, S=args.S,
                           image_vocab_size=args.vocab, num_factored_vocabs=2)
@@ -154,6 +199,9 @@ def main():
     p.add_argument("--samplers", default="cached,genie,truncated,cached")
     p.add_argument("--rounds", type=int, default=1, help="run the whole sampler list this many times")
     p.add_argument("--window-stride", type=int, default=1, help="frames dropped when the window is full")
+    p.add_argument("--decode-run", action="store_true", help="time only the decode op: a 2-frame run vs 2 calls")
+    p.add_argument("--cached-frames", type=int, default=11, help="--decode-run: frames already in the cache")
+    p.add_argument("--repeats", type=int, default=15, help="--decode-run: interleaved pairs")
     run(p.parse_args())
 
 
