@@ -321,16 +321,19 @@ def _check_frame_decode(op, q, k_cache, v_cache, num_frames):
                          "device: it is read there, without a sync)")
 
 
-def _decode_impl(op, backend, q, k_cache, num_frames) -> str:
+def _decode_impl(op, backend, q, k_cache, num_frames, n: int = 1) -> str:
     """The backend of a decode call; on CPU tensors the reference checks the frame counts here (the C++ kernel
-    checks them itself; on a GPU, and in Triton, whose CPU interpreter stands in for the GPU, they are clamped)."""
+    checks them itself; on a GPU, and in Triton, whose CPU interpreter stands in for the GPU, they are clamped).
+    A run of n frames needs num_frames <= T_max - n + 1."""
     impl = _gpu_path(op, _backend.select(backend, q.device, op), q.device, q.shape[-1])
     if impl == "reference" and num_frames.device.type == "cpu":
         t_max = k_cache.shape[1]
-        bad = (num_frames < 1) | (num_frames > t_max)
+        top = t_max - n + 1
+        bad = (num_frames < 1) | (num_frames > top)
         if bool(bad.any()):
             value = int(num_frames.reshape(-1)[bad.reshape(-1)][0])
-            raise ValueError(f"{op}: num_frames must lie in [1, T_max = {t_max}], got {value}")
+            where = f"T_max = {t_max}" if n == 1 else f"T_max - n + 1 = {top}] (n = {n} frames, T_max = {t_max}"
+            raise ValueError(f"{op}: num_frames must lie in [1, {where}], got {value}")
     return impl
 
 
@@ -386,18 +389,13 @@ def frame_decode_step(
                              f"expanded view?), got strides {t.stride()}")
     _check_norm(op, q if run else q.unsqueeze(1), qk_norm_weight, qk_norm_bias, qk_norm_eps)
     scale = _scale(q, scale)
-    n = q.shape[1] if run else 1
-    impl = _decode_impl(op, backend, q, k_cache, num_frames)
-    if impl == "reference" and n > 1 and num_frames.device.type == "cpu":  # as the C++ kernel checks it
-        t_max = k_cache.shape[1]
-        if bool((num_frames > t_max - n + 1).any()):
-            raise ValueError(f"{op}: num_frames must lie in [1, T_max - n + 1 = {t_max - n + 1}] (n = {n} frames, "
-                             f"T_max = {t_max}), got {int(num_frames.max())}")
+    impl = _decode_impl(op, backend, q, k_cache, num_frames, n=q.shape[1] if run else 1)
     if impl in ("reference", "triton"):
         if run:  # n one-frame steps, each after the frames before it are written
             return torch.stack([frame_decode_step(q[:, i], k[:, i], v[:, i], k_cache, v_cache, num_frames + i, scale,
                                                   qk_norm_weight=qk_norm_weight, qk_norm_bias=qk_norm_bias,
-                                                  qk_norm_eps=qk_norm_eps, backend=impl) for i in range(n)], dim=1)
+                                                  qk_norm_eps=qk_norm_eps, backend=impl)
+                                for i in range(q.shape[1])], dim=1)
         # Device ops around the decode kernel: the LayerNorm, then the write with device-side slot indices.
         b, t_max = q.shape[0], k_cache.shape[1]
         qn, kn = _reference_norm(q, k, qk_norm_weight, qk_norm_bias, qk_norm_eps)
