@@ -25,6 +25,16 @@ def _max_err(a, b):
     return (a.double() - b.double()).abs().max().item()
 
 
+def _assert_within_rule(errs, ref_errs):
+    """DESIGN.md's 2x rule over several fixed inputs: perturbed multi-layer models amplify rounding chaotically, so
+    on one input the float32 reference can land far closer to float64 than usual and a 2x rule on a single input
+    fails by chance. The rule applies to the median of the per-input ratios, and every input must stay within 2x
+    the float32 reference's worst error."""
+    ratios = [e / max(r, 1e-30) for e, r in zip(errs, ref_errs)]
+    assert statistics.median(ratios) <= 2, f"error / reference-in-float32 error per input: {ratios}"
+    assert max(errs) <= 2 * max(ref_errs), f"errors {errs} vs the float32 reference's {ref_errs}"
+
+
 def test_parameter_names_match_genie():
     for qk_norm in (True, False):
         ours = STTransformer(2, D_MODEL, HEADS, qk_norm=qk_norm, qkv_bias=True)
@@ -99,19 +109,13 @@ def test_st_transformer_matches_reference(qk_norm):
     ours = STTransformer(3, D_MODEL, HEADS, qk_norm=qk_norm, mlp_ratio=2.0)
     ours.load_state_dict(ref.state_dict())  # GENIE names, unchanged
     ref64 = copy.deepcopy(ref).double()
-    # Three blocks of random (perturbed) weights amplify rounding chaotically: on one input the float32
-    # reference itself can land 10x closer to float64 than usual (seen with our layers on the reference
-    # attention backend too), so a 2x rule on a single input fails by chance. The rule applies to the
-    # median over fixed inputs, and every input must stay within 2x the float32 reference's worst error.
     errs, ref_errs = [], []
     for seed in range(8):
         x = torch.randn(2, 6, 9, D_MODEL, generator=torch.Generator().manual_seed(seed))
         want64 = ref64(x.double())
         errs.append(_max_err(ours(x), want64))
         ref_errs.append(_max_err(ref(x), want64))
-    ratios = [e / max(r, 1e-30) for e, r in zip(errs, ref_errs)]
-    assert statistics.median(ratios) <= 2, f"error / reference-in-float32 error per input: {ratios}"
-    assert max(errs) <= 2 * max(ref_errs), f"errors {errs} vs the float32 reference's {ref_errs}"
+    _assert_within_rule(errs, ref_errs)
 
 
 def test_st_block_compiles_fullgraph():
@@ -130,28 +134,32 @@ def test_st_block_compiles_fullgraph():
 def test_cached_paths_equal_full_forward(qk_norm):
     # prefill(frames 0..t0-1) then decode(frame t0) must give the full causal forward's outputs of those frames.
     b, t, s = 2, 5, 6
-    model = _perturb_(STTransformer(2, D_MODEL, HEADS, qk_norm=qk_norm))
-    cache = FrameKVCache(2, b, t, s, HEADS, D_MODEL // HEADS)
-    x = torch.randn(b, t, s, D_MODEL)
-    with torch.no_grad():
-        full = model(x)
-        pre = model.forward_prefill(x[:, :3], cache)
-        dec = model.forward_decode(x[:, 3:4], cache, torch.tensor([3]))
-        dec2 = model.forward_decode(x[:, 3:5], cache, torch.tensor([3]))  # two frames in one pass
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = _perturb_(STTransformer(2, D_MODEL, HEADS, qk_norm=qk_norm))
+    model64 = copy.deepcopy(model).double()
+    errs, ref_errs = [], []
+    for seed in range(8):
+        x = torch.randn(b, t, s, D_MODEL, generator=torch.Generator().manual_seed(seed))
+        cache = FrameKVCache(2, b, t, s, HEADS, D_MODEL // HEADS)
         # Only the last frame's rows out of the last layer (the sampler's passes): the same rows, every K/V written.
         cache_last = FrameKVCache(2, b, t, s, HEADS, D_MODEL // HEADS)
-        pre_last = model.forward_prefill(x[:, :3], cache_last, last_only=True)
-        dec_last = model.forward_decode(x[:, 3:5], cache_last, torch.tensor([3]), last_only=True)
-    # Different kernels (full temporal attention vs frame decode) round differently: fp32-relative agreement.
-    scale = full.abs().max().item()
-    assert _max_err(pre, full[:, :3]) <= 1e-5 * scale
-    assert _max_err(dec, full[:, 3:4]) <= 1e-5 * scale
-    assert _max_err(dec2, full[:, 3:5]) <= 1e-5 * scale
-    assert pre_last.shape == dec_last.shape == (b, 1, s, D_MODEL)
-    assert _max_err(pre_last, full[:, 2:3]) <= 1e-5 * scale
-    assert _max_err(dec_last, full[:, 4:5]) <= 1e-5 * scale
-    assert torch.equal(cache_last.k[:, :, :5], cache.k[:, :, :5]) and torch.equal(cache_last.v[:, :, :5],
-                                                                                  cache.v[:, :, :5])
+        with torch.no_grad():
+            want64 = model64(x.double())
+            full = model(x)
+            pre = model.forward_prefill(x[:, :3], cache)
+            dec = model.forward_decode(x[:, 3:4], cache, torch.tensor([3]))
+            dec2 = model.forward_decode(x[:, 3:5], cache, torch.tensor([3]))  # two frames in one pass
+            pre_last = model.forward_prefill(x[:, :3], cache_last, last_only=True)
+            dec_last = model.forward_decode(x[:, 3:5], cache_last, torch.tensor([3]), last_only=True)
+        assert pre_last.shape == dec_last.shape == (b, 1, s, D_MODEL)
+        assert torch.equal(cache_last.k[:, :, :5], cache.k[:, :, :5])
+        assert torch.equal(cache_last.v[:, :, :5], cache.v[:, :, :5])
+        # Different kernels (full temporal attention vs frame decode) round differently: the float64 rule.
+        errs.append(max(_max_err(pre, want64[:, :3]), _max_err(dec, want64[:, 3:4]), _max_err(dec2, want64[:, 3:5]),
+                        _max_err(pre_last, want64[:, 2:3]), _max_err(dec_last, want64[:, 4:5])))
+        ref_errs.append(_max_err(full, want64))
+    _assert_within_rule(errs, ref_errs)
 
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "frozen"])
