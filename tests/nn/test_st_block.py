@@ -68,21 +68,25 @@ def test_self_attention_matches_genie_layout(axis, qk_norm, use_mup):
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 7), (3, 17, 5)])
 def test_st_block_matches_reference(qk_norm, shape):
     b, t, s = shape
-    ref = _perturb_(GenieSTBlock(num_heads=HEADS, d_model=D_MODEL, qk_norm=qk_norm, qkv_bias=True))
+    # Seeded weights and inputs, the 2x rule over 8 inputs (as the STTransformer tests below). With qk_norm off
+    # (LayerNorms of perturbed weights before and after the attentions) one input's fp32 error swings ~3x around the
+    # reference's, on the pure-PyTorch reference attention backend as much: the 2x rule on one input failed in 12 and
+    # 4 of 300 input draws for (2, 3, 7) and (3, 17, 5), and, that input fixed, in 15 and 3 of 300 draws of the
+    # weights, which came from the global generator (so from the tests run before) until seeded here.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        ref = _perturb_(GenieSTBlock(num_heads=HEADS, d_model=D_MODEL, qk_norm=qk_norm, qkv_bias=True))
     ours = STBlock(D_MODEL, HEADS, qk_norm=qk_norm, qkv_bias=True)
     ours.load_state_dict(ref.state_dict())
-    # A fixed input: with qk_norm off (LayerNorms of perturbed weights before and after the attentions), a single
-    # draw's fp32 error swings ~3x around the reference's: unseeded inputs failed the 2x rule in 12 and 4 of 300
-    # draws for (2, 3, 7) and (3, 17, 5), and with the pure-PyTorch reference attention backend in 15 and 3 of 300,
-    # so the spread is the statistic's, not a kernel's (as for the STTransformer test below).
-    x = torch.randn(b, t, s, D_MODEL, generator=torch.Generator().manual_seed(0))
-    want64 = ref.double()(x.double())
-    ref_err32 = _max_err(ref.float()(x), want64)
-    err32 = _max_err(ours(x), want64)
-    # DESIGN.md rule: at most 2x the error of the reference computed in the same dtype (plus a floor for the
-    # cases where the fp32 reference happens to be exact).
-    assert err32 <= 2 * ref_err32 + 1e-6
-    assert _max_err(ours.double()(x.double()), want64) < 1e-12
+    ref64, ours64 = copy.deepcopy(ref).double(), copy.deepcopy(ours).double()
+    errs, ref_errs = [], []
+    for seed in range(8):
+        x = torch.randn(b, t, s, D_MODEL, generator=torch.Generator().manual_seed(seed))
+        want64 = ref64(x.double())
+        errs.append(_max_err(ours(x), want64))
+        ref_errs.append(_max_err(ref(x), want64))
+        assert _max_err(ours64(x.double()), want64) < 1e-12
+    _assert_within_rule(errs, ref_errs)
 
 
 def test_st_block_backward_matches_reference():
@@ -102,7 +106,8 @@ def test_st_block_backward_matches_reference():
 @pytest.mark.parametrize("qk_norm", [True, False])
 def test_st_transformer_matches_reference(qk_norm):
     # Seeded construction: with weights drawn from the global generator (which depends on the tests run before),
-    # ~2 weight draws in 30 put one input's error past the per-input cap below, on every attention path alike.
+    # with qk_norm off 32 weight draws in 200 break the rule below (6 in 40 on our attention, 7 in 40 on the
+    # pure-PyTorch reference attention: the statistic's spread, not a kernel's).
     with torch.random.fork_rng():
         torch.manual_seed(0)
         ref = _perturb_(GenieSTTransformer(3, num_heads=HEADS, d_model=D_MODEL, qk_norm=qk_norm, mlp_ratio=2.0))
