@@ -63,14 +63,14 @@ def decode_run(args) -> None:
     times. Prints the medians and the median of the per-pair ratios."""
     from wmkernels import frame_decode_step
 
+    if not 1 <= args.cached_frames <= args.T - 2:
+        raise SystemExit(f"--cached-frames must lie in [1, T - 2 = {args.T - 2}], got {args.cached_frames}")
     d = args.d_model // args.heads
     g = torch.Generator().manual_seed(0)
     kc, vc = (torch.randn(args.layers, args.batch, args.T, args.S, args.heads, d, generator=g) for _ in range(2))
     q, k, v = torch.randn(args.batch, 2, args.S, 3, args.heads, d, generator=g).unbind(3)
     w, b = torch.ones(d), torch.zeros(d)
     nf = torch.tensor(args.cached_frames + 1)
-    if not 1 <= args.cached_frames <= args.T - 2:
-        raise SystemExit(f"--cached-frames must lie in [1, T - 2 = {args.T - 2}], got {args.cached_frames}")
 
     def one_call():
         for i in range(args.layers):
