@@ -6,6 +6,7 @@ import torch
 
 from tests.models.helpers import tiny_config, tiny_model
 from wmkernels.models import CheckpointError, STMaskGIT, STMaskGITConfig
+from wmkernels.nn._layout import is_column_major, store_linear_weights_column_major
 from wmkernels.reference.genie import GenieSTMaskGIT
 
 
@@ -73,6 +74,52 @@ def test_checkpoint_round_trip(tmp_path, safe):
     tokens = torch.randint(0, model.config.image_vocab_size, (1, 4, 4, 4))
     with torch.no_grad():
         assert torch.equal(loaded.compute_logits(tokens), model.compute_logits(tokens))
+
+
+def _linear_weights(model):
+    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def test_linear_weights_stored_column_major(tmp_path):
+    # The model keeps its Linear weights column by column (wmkernels.nn._layout); the layout must survive loading a
+    # checkpoint (whose tensors are row-major and replace the parameters), and change no result.
+    model = tiny_model(seed=5)
+    weights = _linear_weights(model)
+    assert len(weights) == 6 * model.config.num_layers + 1  # 2 x (qkv, proj), fc1, fc2; the readout
+    assert all(is_column_major(w) and w.shape[0] > 1 for w in weights)
+    model.save_pretrained(tmp_path)
+    loaded = STMaskGIT.from_pretrained(tmp_path).eval()
+    assert all(is_column_major(w) for w in _linear_weights(loaded))
+    # The same model with row-major weights gives bitwise the same logits.
+    row_major = STMaskGIT.from_pretrained(tmp_path).eval()
+    for w in _linear_weights(row_major):
+        w.data = w.data.contiguous()
+    assert not any(is_column_major(w) for w in _linear_weights(row_major))
+    tokens = torch.randint(0, model.config.image_vocab_size, (2, 5, 4, 4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.compute_logits(tokens), row_major.compute_logits(tokens))
+
+
+def test_store_column_major_keeps_parameters_and_values():
+    layer = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    before = [(p, p.detach().clone()) for p in layer.parameters()]
+    assert store_linear_weights_column_major(layer) is layer
+    after = list(layer.parameters())
+    assert all(p is q for (p, _), q in zip(before, after))  # same Parameter objects (optimizers keep theirs)
+    assert all(torch.equal(p, v) for p, v in before)
+    assert is_column_major(layer[0].weight) and is_column_major(layer[2].weight)
+
+
+def test_seeded_init_does_not_depend_on_the_weight_layout():
+    # init_weights draws every weight in (out, in) order, so a seed gives the model it gave with row-major weights.
+    model = STMaskGIT(tiny_config())
+    row_major = STMaskGIT(tiny_config())
+    for w in _linear_weights(row_major):
+        w.data = w.data.contiguous()
+    model.init_weights(torch.Generator().manual_seed(7))
+    row_major.init_weights(torch.Generator().manual_seed(7))
+    for (name, a), b in zip(model.state_dict().items(), row_major.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_loads_genie_directory_with_training_fields(tmp_path):

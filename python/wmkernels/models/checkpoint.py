@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from wmkernels.models.config import STMaskGITConfig
+from wmkernels.nn._layout import store_linear_weights_column_major
 
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
@@ -141,8 +142,8 @@ def load_pretrained(cls, directory, backend=None, map_location="cpu"):
     with torch.device("meta"):
         model = cls(config, backend=backend)
     check_state_dict(model, state, source=str(directory))
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.to(map_location)
+    model.load_state_dict(state, strict=True, assign=True)  # the file's tensors become the parameters: re-store
+    return store_linear_weights_column_major(model.to(map_location))  # the Linear weights as the model keeps them
 
 
 def save_pretrained(model, directory, safe_serialization: bool = True) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from wmkernels.models.config import STMaskGITConfig
 from wmkernels.models.embedding import FactorizedEmbedding
+from wmkernels.nn._layout import store_linear_weights_column_major
 from wmkernels.nn.kv_cache import FrameKVCache
 from wmkernels.nn.st_block import STTransformer
 
@@ -42,6 +43,7 @@ class STMaskGIT(nn.Module):
                                                config.d_model, config.mask_token_id)
         self.out_x_proj = nn.Linear(config.d_model, config.num_logits)
         self.readout_width_mult = config.d_model / _MUP_BASE_WIDTH if config.use_mup else None
+        store_linear_weights_column_major(self)  # see wmkernels.nn._layout: cheaper weight reads, same results
 
     # ---- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -78,7 +80,9 @@ class STMaskGIT(nn.Module):
     def init_weights(self, generator: torch.Generator | None = None, std: float = 0.02) -> None:
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                module.weight.normal_(0.0, std, generator=generator)
+                # Drawn in (out, in) order whatever the storage order, so a seed gives the same model either way.
+                w = torch.empty_like(module.weight, memory_format=torch.contiguous_format)
+                module.weight.copy_(w.normal_(0.0, std, generator=generator))
                 if getattr(module, "bias", None) is not None:
                     module.bias.zero_()
         self.pos_embed_TSC.normal_(0.0, std, generator=generator)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wmkernels.nn._layout import store_linear_weights_column_major
 from wmkernels.ops.attention import frame_decode_step, spatial_attention_qkv, temporal_attention, temporal_attention_qkv
 
 _AXES = ("space", "time")
@@ -61,6 +62,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=qkv_bias)
         self.proj = nn.Linear(d_model, d_model, bias=proj_bias)
         self.norm = nn.LayerNorm(self.head_dim, eps=1e-5) if qk_norm else None
+        store_linear_weights_column_major(self)
 
     def extra_repr(self) -> str:
         return f"axis={self.axis}, causal={self.causal}, heads={self.num_heads}, head_dim={self.head_dim}"

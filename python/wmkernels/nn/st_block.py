@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wmkernels.nn._layout import store_linear_weights_column_major
 from wmkernels.nn.attention import SelfAttention
 
 
@@ -26,6 +27,7 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(d_model, hidden, bias=mlp_bias)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, d_model, bias=mlp_bias)
+        store_linear_weights_column_major(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)
