@@ -317,7 +317,8 @@ struct FrameWrite {
 };
 
 // Starts loading one contiguous row of d floats into L2 (not L1: prefetcht0 of the same rows made the decode
-// 2x slower, prefetcht2 made it ~30% faster, GENIE-35M layer, 13 cached frames read from DRAM).
+// 2x slower, prefetcht2 made it ~30% faster on Zen 4, GENIE-35M layer, 13 cached frames read from DRAM; on Zen 3
+// it made it slower, so each kernel set says whether to use it: Kern::kPrefetchDecode).
 inline void prefetch_row_l2(const float* row, int64_t d) {
   for (int64_t o = 0; o < d; o += 16) {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -331,9 +332,9 @@ inline void prefetch_row_l2(const float* row, int64_t d) {
 // Frame decoding (p.lq consecutive query frames, float, contiguous head dims) through the kernels' one-row decode:
 // per position and head, the scores, softmax and weighted sum of the cached rows read in place, with nothing
 // packed but the query rows. Query frame i sees lk + i keys (lk = lk_of(b)). The decode is bound by reading the
-// cache (2 x frames x S x H x D floats per layer and step), so each head's rows at the next position are prefetched
-// into L2 while this one runs, and the n query frames of a position run one after another while its rows are in
-// L1: the cache is read from memory once per call, not once per frame.
+// cache (2 x frames x S x H x D floats per layer and step), so each head's rows at the next position can be
+// prefetched into L2 while this one runs (Kern::kPrefetchDecode), and the n query frames of a position run one
+// after another while its rows are in L1: the cache is read from memory once per call, not once per frame.
 template <typename Kern, typename LkOf>
 void decode_forward(const Problem& p, Operand<float> q, Operand<float> k, Operand<float> v, MutOperand<float> out,
                     const Norm<float>& norm, LkOf lk_of, const FrameWrite* write = nullptr) {
@@ -372,7 +373,7 @@ void decode_forward(const Problem& p, Operand<float> q, Operand<float> k, Operan
           load_row(q.group(b, x, h) + i * q.st.l, q.st.d, d, dv, rows.data() + h * dv);
         normalize(rows.data(), norm);
         for (int64_t h = 0; h < heads; ++h) {
-          if (i == 0) {
+          if (Kern::kPrefetchDecode && i == 0) {
             for (int64_t j = 0; j < next_lk; ++j) {  // head h's cached rows at the next position, into L2 (see above)
               prefetch_row_l2(k.group(next.b, next.x, h) + j * k.st.l, d);
               prefetch_row_l2(v.group(next.b, next.x, h) + j * v.st.l, d);
