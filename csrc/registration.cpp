@@ -56,6 +56,13 @@ TORCH_LIBRARY(wmk, m) {
   // attend over slots 0 .. num_frames - 1, as frame_decode_attention.
   m.def("frame_decode_step(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor num_frames, "
         "float scale, Tensor? qk_norm_weight=None, Tensor? qk_norm_bias=None, float qk_norm_eps=1e-05) -> Tensor");
+
+  // Models (csrc/models/): the cached sampler's pass through a whole GENIE STTransformer in one call, frames
+  // x (B, n, S, C) at slots position .. position + n - 1 of the per-layer caches (num_layers, B, T_max, S, H, D);
+  // params: 20 per layer, None where a module has none (order in csrc/models/st_transformer_decode_cpu.cpp).
+  m.def("st_transformer_decode(Tensor x, Tensor?[] params, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor position, "
+        "int num_heads, float[] scales, float[] eps, str gelu_approximate=\"none\", bool need_output=True, "
+        "bool last_only=False) -> Tensor");
 }
 
 namespace {

@@ -101,6 +101,27 @@ def _attention() -> tuple[bool, str]:
                 "frame_decode_attention, frame_decode_step")
 
 
+def _st_transformer() -> tuple[bool, str]:
+    import copy
+
+    from wmkernels.nn import FrameKVCache, STTransformer
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = STTransformer(2, 16, 2, qk_norm=True).eval()
+    x = torch.randn(2, 3, 5, 16, generator=_gen())
+    cache = FrameKVCache(2, 2, 4, 5, 2, 8)
+    with torch.inference_mode():
+        model.forward_prefill(x[:, :2], cache, need_output=False)
+        outs = []
+        for fused in (True, False):  # wmk::st_transformer_decode, then the layers one by one
+            model.fused_decode = fused
+            c = copy.deepcopy(cache)
+            outs.append((model.forward_decode(x[:, 2:], c, torch.tensor([2])), c.k[:, :, :3], c.v[:, :, :3]))
+    ok = all(torch.equal(a, b) for a, b in zip(*outs))
+    return ok, "st_transformer_decode (2 layers, one frame against 2 cached) equals the layer-by-layer path"
+
+
 #: family name -> (ops it exercises, check returning (passed, description))
 CHECKS: dict[str, tuple[tuple[str, ...], Callable[[], tuple[bool, str]]]] = {
     "tokens": (("wmk::factorize_tokens", "wmk::unfactorize_tokens"), _tokens),
@@ -112,6 +133,7 @@ CHECKS: dict[str, tuple[tuple[str, ...], Callable[[], tuple[bool, str]]]] = {
                    "wmk::spatial_attention_qkv_backward", "wmk::temporal_attention_qkv",
                    "wmk::temporal_attention_qkv_backward", "wmk::frame_decode_attention", "wmk::frame_decode_step"),
                   _attention),
+    "models": (("wmk::st_transformer_decode",), _st_transformer),
 }
 
 

@@ -134,7 +134,9 @@ class SelfAttention(nn.Module):
         num_frames = (position + 1).reshape(())  # the op takes a () or (B,) count
         o = frame_decode_step(q, k, v, k_cache, v_cache, num_frames, self.scale, backend=self.backend,
                               **self._norm_kwargs())
-        return self._out(o[:, -1:] if last_only else o)
+        # The last frame's rows made contiguous: on a strided input aten::matmul takes bmm or mm depending on whether
+        # the weights require grad, and the two round differently (wmk::st_transformer_decode does the same).
+        return self._out(o[:, -1:].contiguous() if last_only else o)
 
     def _check_time(self, name: str) -> None:
         if self.axis != "time" or not self.causal:

@@ -16,6 +16,7 @@ from torch import nn
 
 from wmkernels.nn._layout import store_linear_weights_column_major
 from wmkernels.nn.attention import SelfAttention
+from wmkernels.ops import _backend
 
 
 class Mlp(nn.Module):
@@ -107,6 +108,9 @@ class STTransformer(nn.Module):
     x: (B, T, S, C) -> (B, T, S, C). The cached paths take a `FrameKVCache` (see wmkernels.nn.kv_cache).
     """
 
+    #: Run forward_decode as the one C++ op where it can (see forward_decode); False keeps the module path.
+    fused_decode: bool = True
+
     def __init__(self, num_layers: int, d_model: int, num_heads: int, **block_kwargs) -> None:
         super().__init__()
         self.layers = nn.ModuleList(STBlock(d_model, num_heads, **block_kwargs) for _ in range(num_layers))
@@ -131,9 +135,114 @@ class STTransformer(nn.Module):
 
         n = 1 is a MaskGIT step; n = 2 is the sampler's commit of a finished frame together with the next frame's
         first step (one pass with twice the rows instead of two passes). Output as in forward_prefill.
+
+        Without autograd, outside torch.compile and on CPU, the whole stack runs as one C++ op
+        (wmk::st_transformer_decode) that issues the same ops in the same order as the layers below (bitwise the
+        same output) without the Python between them. Layers with hooks, or subclassed, take the module path, as
+        does everything with `fused_decode = False`.
         """
+        args = self._decode_op_args(x)
+        if args is not None:
+            params, num_heads, scales, eps, approximate = args
+            out = torch.ops.wmk.st_transformer_decode(x, params, cache.k, cache.v, position, num_heads, scales, eps,
+                                                      approximate, need_output, last_only)
+            return out if need_output else None
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer.forward_decode(x, cache.k[i], cache.v[i], position, kv_only=(i == last and not need_output),
                                      last_only=(i == last and last_only))
         return x
+
+    def _decode_op_args(self, x: torch.Tensor):
+        """(params, num_heads, scales, eps, gelu_approximate) for wmk::st_transformer_decode, or None where the
+        module path must run: autograd on, compiling, a tensor off the CPU, an attention backend other than the
+        compiled kernels, a hook anywhere in the stack, or a layer that is not the stock STBlock. Built at every
+        call (about 0.2 ms for 32 layers), so replaced parameters or modules are always seen."""
+        if (not self.fused_decode or torch.is_grad_enabled() or x.device.type != "cpu"
+                or torch.compiler.is_compiling() or _global_hooks_set()):
+            return None
+        params, scales, eps, backends = [], [], [], set()
+        num_heads = approximate = None
+        for block in self.layers:
+            if type(block) is not STBlock or _hooked(block):
+                return None
+            mods = block._modules
+            norm1, spatial, temporal, norm2, mlp = (mods["norm1"], mods["spatial_attn"], mods["temporal_attn"],
+                                                    mods["norm2"], mods["mlp"])
+            if type(spatial) is not SelfAttention or type(temporal) is not SelfAttention or type(mlp) is not Mlp:
+                return None
+            if spatial.axis != "space" or temporal.axis != "time" or not temporal.causal:
+                return None
+            if num_heads is None:
+                num_heads = spatial.num_heads
+            if spatial.num_heads != num_heads or temporal.num_heads != num_heads:
+                return None
+            fc1, act, fc2 = mlp._modules["fc1"], mlp._modules["act"], mlp._modules["fc2"]
+            if type(act) is not nn.GELU or _hooked(mlp):
+                return None
+            if approximate is None:
+                approximate = act.approximate
+            if act.approximate != approximate:
+                return None
+            n1, e1 = _layer_norm_args(norm1)
+            n2, e2 = _layer_norm_args(norm2)
+            sa, es = _attention_args(spatial)
+            ta, et = _attention_args(temporal)
+            l1, l2 = _linear_args(fc1), _linear_args(fc2)
+            if n1 is None or n2 is None or sa is None or ta is None or l1 is None or l2 is None:
+                return None
+            params += n1 + sa + ta + n2 + l1 + l2
+            scales += (spatial.scale, temporal.scale)
+            eps += (e1, es, et, e2)
+            backends.add(spatial.backend)
+            backends.add(temporal.backend)
+        try:
+            if any(_backend.select(b, x.device, "st_transformer_decode") != "native" for b in backends):
+                return None
+        except _backend.BackendUnavailableError:
+            return None  # the module path raises the error naming its op
+        return params, num_heads, scales, eps, approximate
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _global_hooks_set() -> bool:
+    from torch.nn.modules import module as _module
+
+    return bool(getattr(_module, "_global_forward_hooks", None) or getattr(_module, "_global_forward_pre_hooks", None))
+
+
+def _linear_args(linear) -> list | None:
+    if type(linear) is not nn.Linear or _hooked(linear):
+        return None
+    p = linear._parameters
+    return [p["weight"], p["bias"]]
+
+
+def _layer_norm_args(norm) -> tuple[list | None, float]:
+    """[weight, bias] and eps of a pre-norm; a negative eps says Identity (no LayerNorm)."""
+    if _hooked(norm):
+        return None, 0.0
+    if type(norm) is nn.Identity:
+        return [None, None], -1.0
+    if type(norm) is not nn.LayerNorm or len(norm.normalized_shape) != 1:
+        return None, 0.0
+    p = norm._parameters
+    return [p["weight"], p["bias"]], float(norm.eps)
+
+
+def _attention_args(attn: SelfAttention) -> tuple[list | None, float]:
+    """[qkv.weight, qkv.bias, qk-norm weight, qk-norm bias, proj.weight, proj.bias] and the qk-norm eps, as the
+    module path passes them to the attention ops (SelfAttention._norm_kwargs)."""
+    mods = attn._modules
+    qkv, proj, norm = _linear_args(mods["qkv"]), _linear_args(mods["proj"]), mods.get("norm")
+    if _hooked(attn) or qkv is None or proj is None:
+        return None, 0.0
+    if norm is None:
+        return qkv + [None, None] + proj, 1e-5
+    if type(norm) is not nn.LayerNorm or _hooked(norm):
+        return None, 0.0
+    p = norm._parameters
+    return qkv + [p["weight"], p["bias"]] + proj, float(norm.eps)

@@ -1,0 +1,19 @@
+"""wmk::st_transformer_decode: the cached sampler's pass through a whole GENIE STTransformer in one C++ call.
+
+`wmkernels.nn.STTransformer.forward_decode` calls it (without autograd, outside torch.compile, on CPU) instead of
+running its layers from Python: the op issues the same ATen and wmk ops in the same order, so the result is bitwise
+the module path's, without ~600 Python-level op calls per GENIE-35M pass. The argument lists are built by
+`STTransformer._decode_op_args`; see csrc/models/st_transformer_decode_cpu.cpp for their layout.
+"""
+from __future__ import annotations
+
+import torch
+
+
+@torch.library.register_fake("wmk::st_transformer_decode")
+def _st_transformer_decode_fake(x, params, k_cache, v_cache, position, num_heads, scales, eps, gelu_approximate="none",
+                                need_output=True, last_only=False):
+    if not need_output:
+        return x.new_empty((0,))
+    b, n, s, c = x.shape
+    return x.new_empty((b, 1 if last_only else n, s, c))

@@ -1,0 +1,160 @@
+"""wmk::st_transformer_decode: STTransformer.forward_decode as one C++ op, bitwise the module path.
+
+The op issues the layers' ops in the module path's order, so every check here is exact equality (outputs and the
+K/V written into the caches), over the configurations GENIE checkpoints use and the sampler's pass shapes.
+"""
+import copy
+
+import pytest
+import torch
+
+from wmkernels.nn import FrameKVCache, SelfAttention, STTransformer
+
+D_MODEL, HEADS, LAYERS = 32, 4, 3
+B, T, S = 2, 6, 5
+
+
+def _model(seed=0, dtype=torch.float32, **kwargs):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = STTransformer(LAYERS, D_MODEL, HEADS, **kwargs)
+        with torch.no_grad():  # random LayerNorm weights and biases too, so that every parameter matters
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+    return model.to(dtype).eval()
+
+
+def _filled_cache(model, x, frames):
+    cache = FrameKVCache(LAYERS, B, T, S, HEADS, D_MODEL // HEADS, dtype=x.dtype)
+    with torch.no_grad():
+        model.forward_prefill(x[:, :frames], cache, need_output=False)
+    return cache
+
+
+def _both_paths(model, x, cache, position, **kwargs):
+    """(output, k, v) of forward_decode through the op and through the layers, each on its own copy of the cache."""
+    results = []
+    for fused in (True, False):
+        model.fused_decode = fused
+        c = copy.deepcopy(cache)
+        with torch.inference_mode():
+            out = model.forward_decode(x, c, position, **kwargs)
+        results.append((out, c.k, c.v))
+    model.fused_decode = True
+    return results
+
+
+CONFIGS = {
+    "genie": dict(qk_norm=True),  # GENIE's default: Identity pre-norms, qk LayerNorm, no qkv bias
+    "layernorm": dict(qk_norm=False),  # pre-norm LayerNorms, no qk norm
+    "all_biases": dict(qk_norm=True, qkv_bias=True, proj_bias=True, mlp_bias=True, use_mup=True),
+    "no_biases": dict(qk_norm=False, qkv_bias=False, proj_bias=False, mlp_bias=False),
+}
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, need_output, last_only", [(1, True, False), (2, True, True), (3, True, False),
+                                                       (1, False, False), (2, False, False)])
+def test_op_is_bitwise_the_module_path(config, dtype, n, need_output, last_only):
+    model = _model(dtype=dtype, **CONFIGS[config])
+    x = torch.randn(B, T, S, D_MODEL, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    cache = _filled_cache(model, x, 2)
+    (out, k, v), (want, want_k, want_v) = _both_paths(model, x[:, 2:2 + n], cache, torch.tensor([2]),
+                                                      need_output=need_output, last_only=last_only)
+    written = 2 + n  # the cache is uninitialized (torch.empty) past the written slots
+    assert torch.equal(k[:, :, :written], want_k[:, :, :written]) and torch.equal(v[:, :, :written],
+                                                                                   want_v[:, :, :written])
+    if not need_output:
+        assert out is None and want is None
+        return
+    assert out.shape == want.shape == (B, 1 if last_only else n, S, D_MODEL)
+    assert torch.equal(out, want)
+
+
+def test_op_runs_instead_of_the_layers(monkeypatch):
+    model = _model()
+    x = torch.randn(B, 1, S, D_MODEL)
+    cache = _filled_cache(model, torch.randn(B, T, S, D_MODEL), 3)
+
+    def module_path(*args, **kwargs):
+        raise AssertionError("the module path ran")
+
+    monkeypatch.setattr(SelfAttention, "forward_decode", module_path)
+    with torch.inference_mode():
+        out = model.forward_decode(x, cache, torch.tensor([3]))  # the op: no SelfAttention.forward_decode call
+        assert out.shape == (B, 1, S, D_MODEL)
+        model.fused_decode = False
+        with pytest.raises(AssertionError, match="module path ran"):
+            model.forward_decode(x, cache, torch.tensor([3]))
+
+
+def test_hooks_autograd_and_other_backends_take_the_module_path():
+    model = _model()
+    x = torch.randn(B, 1, S, D_MODEL)
+    assert model._decode_op_args(x) is None  # autograd on
+    with torch.no_grad():
+        assert model._decode_op_args(x) is not None
+        cache = _filled_cache(model, torch.randn(B, T, S, D_MODEL), 3)
+        calls = []
+        handle = model.layers[1].mlp.fc1.register_forward_hook(lambda *args: calls.append(1))
+        assert model._decode_op_args(x) is None
+        model.forward_decode(x, cache, torch.tensor([3]))
+        assert calls == [1]  # the hook ran: the layers ran
+        handle.remove()
+        model.layers[0].temporal_attn.backend = "reference"
+        assert model._decode_op_args(x) is None
+        model.layers[0].temporal_attn.backend = None
+        assert model._decode_op_args(x) is not None
+
+
+def _op_args(dtype=torch.float32):
+    model = _model(dtype=dtype)
+    x = torch.randn(B, T, S, D_MODEL, dtype=dtype)
+    cache = _filled_cache(model, x, 2)
+    for buf in (cache.k, cache.v):  # defined values past the written slots (opcheck compares whole tensors)
+        buf[:, :, 2:] = 0
+    with torch.no_grad():
+        params, heads, scales, eps, approximate = model._decode_op_args(x)
+    return model, x[:, 2:4].contiguous(), params, cache, (heads, scales, eps, approximate)
+
+
+def test_opcheck_and_compile():
+    model, x, params, cache, (heads, scales, eps, approximate) = _op_args()
+    position = torch.tensor([2])
+    args = (x, params, cache.k.clone(), cache.v.clone(), position, heads, scales, eps, approximate, True, True)
+    torch.library.opcheck(torch.ops.wmk.st_transformer_decode, args)
+    step = torch.compile(lambda x, k, v, p: torch.ops.wmk.st_transformer_decode(x, params, k, v, p, heads, scales, eps,
+                                                                              approximate, True, True),
+                         fullgraph=True)
+    k1, v1, k2, v2 = cache.k.clone(), cache.v.clone(), cache.k.clone(), cache.v.clone()
+    with torch.no_grad():
+        got = step(x, k1, v1, position)
+        want = torch.ops.wmk.st_transformer_decode(x, params, k2, v2, position, heads, scales, eps, approximate, True,
+                                                   True)
+    assert torch.equal(got, want)
+    assert torch.equal(k1[:, :, :4], k2[:, :, :4]) and torch.equal(v1[:, :, :4], v2[:, :, :4])
+
+
+def test_bad_arguments_name_what_is_wrong():
+    model, x, params, cache, (heads, scales, eps, approximate) = _op_args()
+    op = torch.ops.wmk.st_transformer_decode
+    position = torch.tensor([2])
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"params must hold 20 entries per layer \(60 for the caches' 3 layers\), "
+                                             r"got 59"):
+            op(x, params[:-1], cache.k, cache.v, position, heads, scales, eps)
+        with pytest.raises(ValueError, match="scales must hold 2 per layer"):
+            op(x, params, cache.k, cache.v, position, heads, scales[:-1], eps)
+        with pytest.raises(ValueError, match="position must be an int64 tensor of one element"):
+            op(x, params, cache.k, cache.v, torch.tensor([2, 3]), heads, scales, eps)
+        with pytest.raises(ValueError, match="num_heads must divide C = 32, got 5"):
+            op(x, params, cache.k, cache.v, position, 5, scales, eps)
+        with pytest.raises(ValueError, match=r"x must be \(B, n, S, C\)"):
+            op(x[0], params, cache.k, cache.v, position, heads, scales, eps)
+        missing = list(params)
+        missing[20 + 2] = None  # layer 1's spatial qkv weight
+        with pytest.raises(ValueError, match="layer 1 has no spatial_attn.qkv.weight"):
+            op(x, missing, cache.k, cache.v, position, heads, scales, eps)
+        with pytest.raises(ValueError, match="num_frames must lie in"):  # the decode op's own check, past T_max
+            op(x, params, cache.k, cache.v, torch.tensor([T - 1]), heads, scales, eps)
