@@ -106,6 +106,14 @@ def test_hooks_autograd_and_other_backends_take_the_module_path():
         assert model._decode_op_args(x) is None
         model.layers[0].temporal_attn.backend = None
         assert model._decode_op_args(x) is not None
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda *args: None)  # a global hook
+        try:
+            assert model._decode_op_args(x) is None
+        finally:
+            handle.remove()
+        assert model._decode_op_args(x) is not None
+        model.layers[2].norm2 = torch.nn.Dropout(0.0)  # not a module the op knows
+        assert model._decode_op_args(x) is None
 
 
 def _op_args(dtype=torch.float32):
