@@ -14,9 +14,7 @@
 #include <torch/library.h>
 
 #include <optional>
-#include <string>
 #include <tuple>
-#include <vector>
 
 namespace wmk::models {
 namespace {
