@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "linear/packed_linear.h"
+
 TORCH_LIBRARY(wmk, m) {
   // Tokens: the base**num_factors factorization of the 1X tokens (2^18 = 512 x 512).
   m.def("factorize_tokens(Tensor tokens, int factored_vocab_size=512, int num_factors=2) -> Tensor");
@@ -57,12 +59,18 @@ TORCH_LIBRARY(wmk, m) {
   m.def("frame_decode_step(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor num_frames, "
         "float scale, Tensor? qk_norm_weight=None, Tensor? qk_norm_bias=None, float qk_norm_eps=1e-05) -> Tensor");
 
+  // Linear (csrc/linear/): nn.Linear's x @ W^T + bias with W packed once (pack_linear_weight); linear_prepacked
+  // is at::linear itself off the CPU, for non-float32 tensors, on CPUs without AVX2+FMA, or without `packed`.
+  m.def("pack_linear_weight(Tensor weight) -> Tensor");
+  m.def("linear_prepacked(Tensor x, Tensor weight, Tensor? bias, Tensor? packed) -> Tensor");
+
   // Models (csrc/models/): the cached sampler's pass through a whole GENIE STTransformer in one call, frames
   // x (B, n, S, C) at slots position .. position + n - 1 of the per-layer caches (num_layers, B, T_max, S, H, D);
   // params: 20 per layer, None where a module has none (order in csrc/models/st_transformer_decode_cpu.cpp).
+  // packed: empty, or 6 per layer, pack_linear_weight of each Linear (or None), for wmk::linear_prepacked.
   m.def("st_transformer_decode(Tensor x, Tensor?[] params, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor position, "
-        "int num_heads, float[] scales, float[] eps, str gelu_approximate=\"none\", bool need_output=True, "
-        "bool last_only=False) -> Tensor");
+        "int num_heads, float[] scales, float[] eps, Tensor?[] packed, str gelu_approximate=\"none\", "
+        "bool need_output=True, bool last_only=False) -> Tensor");
 }
 
 namespace {
@@ -111,4 +119,6 @@ py::dict build_info() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "wmkernels compiled kernels; the ops live in torch.ops.wmk";
   m.def("build_info", &build_info, "How this extension was built: torch, CUDA, CPU features, OpenMP");
+  m.def("packed_linear_available", &wmk::linear::cpu::avx2_usable,
+        "Whether wmk::linear_prepacked has a packed kernel for this CPU (AVX2+FMA)");
 }

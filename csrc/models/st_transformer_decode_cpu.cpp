@@ -33,6 +33,11 @@ enum Slot : int64_t {
 };
 // Per layer: norm1, spatial qk_norm, temporal qk_norm, norm2. A negative eps for norm1 / norm2 means the block has
 // no LayerNorm there (nn.Identity, GENIE's choice with qk_norm).
+// The Linears of a layer, in the order of the `packed` list (pack_linear_weight of each, or None).
+enum PackedSlot : int64_t {
+  kPackedSpatialQkv, kPackedSpatialProj, kPackedTemporalQkv, kPackedTemporalProj, kPackedFc1, kPackedFc2,
+  kPackedSlots
+};
 enum EpsSlot : int64_t { kEpsNorm1, kEpsSpatial, kEpsTemporal, kEpsNorm2, kEpsSlots };
 
 std::tuple<at::Tensor, at::Tensor> spatial_attention_qkv(const at::Tensor& qkv, double scale, const OptTensor& w,
@@ -55,10 +60,20 @@ at::Tensor frame_decode_step(const at::Tensor& q, const at::Tensor& k, const at:
   return op.call(q, k, v, k_cache, v_cache, num_frames, scale, w, b, eps);
 }
 
+at::Tensor linear_prepacked(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,
+                            const OptTensor& packed) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("wmk::linear_prepacked", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const OptTensor&,
+                                               const OptTensor&)>();
+  return op.call(x, weight, bias, packed);
+}
+
 at::Tensor st_transformer_decode(const at::Tensor& x_in, const c10::List<OptTensor>& params, at::Tensor& k_cache,
                                  at::Tensor& v_cache, const at::Tensor& position, int64_t num_heads,
                                  at::ArrayRef<double> scales, at::ArrayRef<double> eps,
-                                 c10::string_view gelu_approximate, bool need_output, bool last_only) {
+                                 const c10::List<OptTensor>& packed, c10::string_view gelu_approximate,
+                                 bool need_output, bool last_only) {
   const char* op = "st_transformer_decode";
   // Nothing here is differentiable: the ops below record no graph, as the module path runs them under no_grad /
   // inference_mode. (Not AutoDispatchBelowADInplaceOrView: under it aten::matmul stops folding a (B, n, S, C) input
@@ -82,6 +97,9 @@ at::Tensor st_transformer_decode(const at::Tensor& x_in, const c10::List<OptTens
                     2 * layers, "), got ", scales.size());
   TORCH_CHECK_VALUE(static_cast<int64_t>(eps.size()) == kEpsSlots * layers, op, ": eps must hold ", kEpsSlots,
                     " per layer (", kEpsSlots * layers, "), got ", eps.size());
+  TORCH_CHECK_VALUE(packed.empty() || static_cast<int64_t>(packed.size()) == layers * kPackedSlots, op,
+                    ": packed must be empty or hold ", kPackedSlots, " entries per layer (", layers * kPackedSlots,
+                    "), got ", packed.size());
   TORCH_CHECK_VALUE(position.numel() == 1 && position.scalar_type() == at::kLong, op,
                     ": position must be an int64 tensor of one element, got ", position.scalar_type(), " of shape ",
                     position.sizes());
@@ -95,10 +113,17 @@ at::Tensor st_transformer_decode(const at::Tensor& x_in, const c10::List<OptTens
   const auto norm = [&](const at::Tensor& t, int64_t layer, Slot w, Slot bias, int64_t eps_slot) {
     return at::layer_norm(t, {t.size(-1)}, param(layer, w), param(layer, bias), eps[layer * kEpsSlots + eps_slot]);
   };
+  // Every Linear goes through wmk::linear_prepacked, as the module path's (python/wmkernels/nn/packed_linear.py):
+  // with no packed weights that is at::linear itself.
+  const auto linear = [&](const at::Tensor& h, int64_t layer, Slot w, Slot bias, PackedSlot p, const char* name) {
+    const OptTensor packed_w = packed.empty() ? OptTensor() : packed.get(layer * kPackedSlots + p);
+    if (!packed_w.has_value()) return at::linear(h, required(layer, w, name), param(layer, bias));
+    return linear_prepacked(h, required(layer, w, name), param(layer, bias), packed_w);
+  };
   const auto has_norm = [&](int64_t layer, int64_t eps_slot) { return eps[layer * kEpsSlots + eps_slot] >= 0; };
   // The fused projection as three (B, n, S, H, D) views.
-  const auto qkv_of = [&](const at::Tensor& h, int64_t layer, Slot w, Slot bias, const char* name) {
-    return at::linear(h, required(layer, w, name), param(layer, bias)).view({b, h.size(1), s, 3, num_heads, d});
+  const auto qkv_of = [&](const at::Tensor& h, int64_t layer, Slot w, Slot bias, PackedSlot p, const char* name) {
+    return linear(h, layer, w, bias, p, name).view({b, h.size(1), s, 3, num_heads, d});
   };
 
   const at::Tensor num_frames = (position + 1).reshape({});
@@ -110,15 +135,17 @@ at::Tensor st_transformer_decode(const at::Tensor& x_in, const c10::List<OptTens
 
     // x += spatial_attn(norm1(x))
     const at::Tensor h = has_norm(layer, kEpsNorm1) ? norm(x, layer, kNorm1W, kNorm1B, kEpsNorm1) : x;
-    const at::Tensor spatial_qkv = qkv_of(h, layer, kSpatialQkvW, kSpatialQkvB, "spatial_attn.qkv.weight");
+    const at::Tensor spatial_qkv = qkv_of(h, layer, kSpatialQkvW, kSpatialQkvB, kPackedSpatialQkv,
+                                              "spatial_attn.qkv.weight");
     const at::Tensor spatial = std::get<0>(spatial_attention_qkv(spatial_qkv, spatial_scale,
                                                                  param(layer, kSpatialNormW),
                                                                  param(layer, kSpatialNormB),
                                                                  eps[layer * kEpsSlots + kEpsSpatial]));
-    x = x + at::linear(spatial.reshape({b, x.size(1), s, c}), required(layer, kSpatialProjW, "spatial_attn.proj.weight"),
-                       param(layer, kSpatialProjB));
+    x = x + linear(spatial.reshape({b, x.size(1), s, c}), layer, kSpatialProjW, kSpatialProjB, kPackedSpatialProj,
+                   "spatial_attn.proj.weight");
 
-    const auto qkv = qkv_of(x, layer, kTemporalQkvW, kTemporalQkvB, "temporal_attn.qkv.weight").unbind(3);
+    const auto qkv =
+        qkv_of(x, layer, kTemporalQkvW, kTemporalQkvB, kPackedTemporalQkv, "temporal_attn.qkv.weight").unbind(3);
     if (last && !need_output) {  // the last layer of a commit: only its K/V are kept
       at::Tensor k = qkv[1];
       if (param(layer, kTemporalNormW).has_value()) k = norm(k, layer, kTemporalNormW, kTemporalNormB, kEpsTemporal);
@@ -137,14 +164,14 @@ at::Tensor st_transformer_decode(const at::Tensor& x_in, const c10::List<OptTens
       temporal = temporal.narrow(1, n - 1, 1).contiguous();
       x = x.narrow(1, n - 1, 1);
     }
-    x = x + at::linear(temporal.reshape({b, x.size(1), s, c}),
-                       required(layer, kTemporalProjW, "temporal_attn.proj.weight"), param(layer, kTemporalProjB));
+    x = x + linear(temporal.reshape({b, x.size(1), s, c}), layer, kTemporalProjW, kTemporalProjB,
+                   kPackedTemporalProj, "temporal_attn.proj.weight");
 
     // x += mlp(norm2(x)), GELU in place on fc1's fresh output (as Mlp.forward does without autograd)
     const at::Tensor h2 = has_norm(layer, kEpsNorm2) ? norm(x, layer, kNorm2W, kNorm2B, kEpsNorm2) : x;
-    at::Tensor hidden = at::linear(h2, required(layer, kFc1W, "mlp.fc1.weight"), param(layer, kFc1B));
+    at::Tensor hidden = linear(h2, layer, kFc1W, kFc1B, kPackedFc1, "mlp.fc1.weight");
     at::gelu_(hidden, gelu_approximate);
-    x = x + at::linear(hidden, required(layer, kFc2W, "mlp.fc2.weight"), param(layer, kFc2B));
+    x = x + linear(hidden, layer, kFc2W, kFc2B, kPackedFc2, "mlp.fc2.weight");
   }
   return x;
 }

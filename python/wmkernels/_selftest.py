@@ -122,6 +122,17 @@ def _st_transformer() -> tuple[bool, str]:
     return ok, "st_transformer_decode (2 layers, one frame against 2 cached) equals the layer-by-layer path"
 
 
+def _linear() -> tuple[bool, str]:
+    x = torch.randn(2, 7, 33, generator=_gen())
+    weight, bias = torch.randn(17, 33, generator=_gen()), torch.randn(17, generator=_gen())
+    got = ops.linear_prepacked(x, weight, bias, ops.pack_linear_weight(weight))
+    want = torch.nn.functional.linear(x.double(), weight.double(), bias.double())
+    err = (got.double() - want).abs().max()
+    ref_err = (torch.nn.functional.linear(x, weight, bias).double() - want).abs().max()
+    ok = got.shape == want.shape and bool(err <= 2 * ref_err)
+    return ok, "linear_prepacked (14 rows, 33 -> 17 features, packed weight) within 2x torch's fp32 error"
+
+
 #: family name -> (ops it exercises, check returning (passed, description))
 CHECKS: dict[str, tuple[tuple[str, ...], Callable[[], tuple[bool, str]]]] = {
     "tokens": (("wmk::factorize_tokens", "wmk::unfactorize_tokens"), _tokens),
@@ -133,6 +144,7 @@ CHECKS: dict[str, tuple[tuple[str, ...], Callable[[], tuple[bool, str]]]] = {
                    "wmk::spatial_attention_qkv_backward", "wmk::temporal_attention_qkv",
                    "wmk::temporal_attention_qkv_backward", "wmk::frame_decode_attention", "wmk::frame_decode_step"),
                   _attention),
+    "linear": (("wmk::pack_linear_weight", "wmk::linear_prepacked"), _linear),
     "models": (("wmk::st_transformer_decode",), _st_transformer),
 }
 

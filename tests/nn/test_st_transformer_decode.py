@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from wmkernels.nn import FrameKVCache, SelfAttention, STTransformer
+from wmkernels.nn import FrameKVCache, SelfAttention, STTransformer, packed_linear
 
 D_MODEL, HEADS, LAYERS = 32, 4, 3
 B, T, S = 2, 6, 5
@@ -52,11 +52,20 @@ CONFIGS = {
 }
 
 
+@pytest.fixture(params=[True, False], ids=["packed", "mkl"])
+def packed_linears(request, monkeypatch):
+    """The Linears through the packed kernel (wmkernels.nn.packed_linear) or all through MKL."""
+    if request.param and not packed_linear.packed_linear_available():
+        pytest.skip("no AVX2+FMA packed Linear kernel on this CPU")
+    monkeypatch.setattr(packed_linear, "enabled", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n, need_output, last_only", [(1, True, False), (2, True, True), (3, True, False),
                                                        (1, False, False), (2, False, False)])
-def test_op_is_bitwise_the_module_path(config, dtype, n, need_output, last_only):
+def test_op_is_bitwise_the_module_path(config, dtype, n, need_output, last_only, packed_linears):
     model = _model(dtype=dtype, **CONFIGS[config])
     x = torch.randn(B, T, S, D_MODEL, generator=torch.Generator().manual_seed(1), dtype=dtype)
     cache = _filled_cache(model, x, 2)
@@ -70,6 +79,18 @@ def test_op_is_bitwise_the_module_path(config, dtype, n, need_output, last_only)
         return
     assert out.shape == want.shape == (B, 1 if last_only else n, S, D_MODEL)
     assert torch.equal(out, want)
+
+
+def test_op_gets_the_packed_weights_where_the_layers_use_them(packed_linears):
+    model = _model()
+    x = torch.randn(B, 1, S, D_MODEL)
+    with torch.no_grad():
+        packed = model._decode_op_args(x)[-1]
+        assert len(packed) == (6 * LAYERS if packed_linears else 0)
+        if packed_linears:  # the copies the layers' own Linears use
+            fc1 = model.layers[1].mlp.fc1
+            assert packed[6 + 4] is packed_linear.packed_weight(fc1.weight)
+        assert model._decode_op_args(x.double())[-1] == []  # float64: MKL
 
 
 def test_op_runs_instead_of_the_layers(monkeypatch):
@@ -123,46 +144,46 @@ def _op_args(dtype=torch.float32):
     for buf in (cache.k, cache.v):  # defined values past the written slots (opcheck compares whole tensors)
         buf[:, :, 2:] = 0
     with torch.no_grad():
-        params, heads, scales, eps, approximate = model._decode_op_args(x)
-    return model, x[:, 2:4].contiguous(), params, cache, (heads, scales, eps, approximate)
+        params, heads, scales, eps, approximate, packed = model._decode_op_args(x)
+    return model, x[:, 2:4].contiguous(), params, cache, (heads, scales, eps, packed, approximate)
 
 
 def test_opcheck_and_compile():
-    model, x, params, cache, (heads, scales, eps, approximate) = _op_args()
+    model, x, params, cache, (heads, scales, eps, packed, approximate) = _op_args()
     position = torch.tensor([2])
-    args = (x, params, cache.k.clone(), cache.v.clone(), position, heads, scales, eps, approximate, True, True)
+    args = (x, params, cache.k.clone(), cache.v.clone(), position, heads, scales, eps, packed, approximate, True, True)
     torch.library.opcheck(torch.ops.wmk.st_transformer_decode, args)
     step = torch.compile(lambda x, k, v, p: torch.ops.wmk.st_transformer_decode(x, params, k, v, p, heads, scales, eps,
-                                                                              approximate, True, True),
+                                                                              packed, approximate, True, True),
                          fullgraph=True)
     k1, v1, k2, v2 = cache.k.clone(), cache.v.clone(), cache.k.clone(), cache.v.clone()
     with torch.no_grad():
         got = step(x, k1, v1, position)
-        want = torch.ops.wmk.st_transformer_decode(x, params, k2, v2, position, heads, scales, eps, approximate, True,
-                                                   True)
+        want = torch.ops.wmk.st_transformer_decode(x, params, k2, v2, position, heads, scales, eps, packed,
+                                                   approximate, True, True)
     assert torch.equal(got, want)
     assert torch.equal(k1[:, :, :4], k2[:, :, :4]) and torch.equal(v1[:, :, :4], v2[:, :, :4])
 
 
 def test_bad_arguments_name_what_is_wrong():
-    model, x, params, cache, (heads, scales, eps, approximate) = _op_args()
+    model, x, params, cache, (heads, scales, eps, packed, approximate) = _op_args()
     op = torch.ops.wmk.st_transformer_decode
     position = torch.tensor([2])
     with torch.no_grad():
         with pytest.raises(ValueError, match=r"params must hold 20 entries per layer \(60 for the caches' 3 layers\), "
                                              r"got 59"):
-            op(x, params[:-1], cache.k, cache.v, position, heads, scales, eps)
+            op(x, params[:-1], cache.k, cache.v, position, heads, scales, eps, packed)
         with pytest.raises(ValueError, match="scales must hold 2 per layer"):
-            op(x, params, cache.k, cache.v, position, heads, scales[:-1], eps)
+            op(x, params, cache.k, cache.v, position, heads, scales[:-1], eps, packed)
         with pytest.raises(ValueError, match="position must be an int64 tensor of one element"):
-            op(x, params, cache.k, cache.v, torch.tensor([2, 3]), heads, scales, eps)
+            op(x, params, cache.k, cache.v, torch.tensor([2, 3]), heads, scales, eps, packed)
         with pytest.raises(ValueError, match="num_heads must divide C = 32, got 5"):
-            op(x, params, cache.k, cache.v, position, 5, scales, eps)
+            op(x, params, cache.k, cache.v, position, 5, scales, eps, packed)
         with pytest.raises(ValueError, match=r"x must be \(B, n, S, C\)"):
-            op(x[0], params, cache.k, cache.v, position, heads, scales, eps)
+            op(x[0], params, cache.k, cache.v, position, heads, scales, eps, packed)
         missing = list(params)
         missing[20 + 2] = None  # layer 1's spatial qkv weight
         with pytest.raises(ValueError, match="layer 1 has no spatial_attn.qkv.weight"):
-            op(x, missing, cache.k, cache.v, position, heads, scales, eps)
+            op(x, missing, cache.k, cache.v, position, heads, scales, eps, packed)
         with pytest.raises(ValueError, match="num_frames must lie in"):  # the decode op's own check, past T_max
-            op(x, params, cache.k, cache.v, torch.tensor([T - 1]), heads, scales, eps)
+            op(x, params, cache.k, cache.v, torch.tensor([T - 1]), heads, scales, eps, packed)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from wmkernels.nn._layout import store_linear_weights_column_major
+from wmkernels.nn.packed_linear import inference_linear
 from wmkernels.ops.attention import frame_decode_step, spatial_attention_qkv, temporal_attention, temporal_attention_qkv
 
 _AXES = ("space", "time")
@@ -69,7 +70,7 @@ class SelfAttention(nn.Module):
 
     def _qkv(self, x: torch.Tensor):
         b, t, s, _ = x.shape
-        qkv = self.qkv(x).view(b, t, s, 3, self.num_heads, self.head_dim)
+        qkv = inference_linear(self.qkv, x).view(b, t, s, 3, self.num_heads, self.head_dim)
         return qkv.unbind(3)  # three strided views (B, T, S, H, D)
 
     def _norm_kwargs(self) -> dict:
@@ -85,13 +86,13 @@ class SelfAttention(nn.Module):
 
     def _out(self, o: torch.Tensor) -> torch.Tensor:
         b, t, s = o.shape[:3]
-        return self.proj(o.reshape(b, t, s, self.d_model))
+        return inference_linear(self.proj, o.reshape(b, t, s, self.d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, T, S, C) -> (B, T, S, C)."""
         b, t, s, _ = x.shape
         # The fused (B, T, S, 3, H, D) projection goes to the op whole: its backward writes one gradient.
-        qkv = self.qkv(x).view(b, t, s, 3, self.num_heads, self.head_dim)
+        qkv = inference_linear(self.qkv, x).view(b, t, s, 3, self.num_heads, self.head_dim)
         if self.axis == "space":
             o = spatial_attention_qkv(qkv, self.scale, backend=self.backend, **self._norm_kwargs())
         else:

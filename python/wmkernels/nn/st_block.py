@@ -15,7 +15,10 @@ import torch
 from torch import nn
 
 from wmkernels.nn._layout import store_linear_weights_column_major
+from wmkernels.nn import packed_linear
 from wmkernels.nn.attention import SelfAttention
+from wmkernels.nn.packed_linear import global_hooks_set as _global_hooks_set
+from wmkernels.nn.packed_linear import inference_linear
 from wmkernels.ops import _backend
 
 
@@ -31,16 +34,18 @@ class Mlp(nn.Module):
         store_linear_weights_column_major(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)
-        if torch.is_grad_enabled() and h.requires_grad:
-            h = self.act(h)
+        if torch.is_grad_enabled():
+            h = self.fc1(x)
+            if h.requires_grad:
+                return self.fc2(self.act(h))
         else:
-            # Without autograd, GELU overwrites fc1's fresh output: no second hidden-sized buffer. That buffer cost
-            # more than its pass: with it, glibc returned and re-mapped memory at every layer (a GENIE-35M decode
-            # step took ~15,000 minor page faults, without it ~130; measured 15% faster per one-frame step and 6%
-            # per 16-frame forward on one thread).
-            h = torch.ops.aten.gelu_(h, approximate=self.act.approximate)
-        return self.fc2(h)
+            h = inference_linear(self.fc1, x)  # the packed kernel for few rows (wmkernels.nn.packed_linear)
+        # Without autograd, GELU overwrites fc1's fresh output: no second hidden-sized buffer. That buffer cost more
+        # than its pass: with it, glibc returned and re-mapped memory at every layer (a GENIE-35M decode step took
+        # ~15,000 minor page faults, without it ~130; measured 15% faster per one-frame step and 6% per 16-frame
+        # forward on one thread).
+        h = torch.ops.aten.gelu_(h, approximate=self.act.approximate)
+        return inference_linear(self.fc2, h)
 
 
 class STBlock(nn.Module):
@@ -143,9 +148,9 @@ class STTransformer(nn.Module):
         """
         args = self._decode_op_args(x)
         if args is not None:
-            params, num_heads, scales, eps, approximate = args
+            params, num_heads, scales, eps, approximate, packed = args
             out = torch.ops.wmk.st_transformer_decode(x, params, cache.k, cache.v, position, num_heads, scales, eps,
-                                                      approximate, need_output, last_only)
+                                                      packed, approximate, need_output, last_only)
             return out if need_output else None
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
@@ -161,7 +166,7 @@ class STTransformer(nn.Module):
         if (not self.fused_decode or torch.is_grad_enabled() or x.device.type != "cpu"
                 or torch.compiler.is_compiling() or _global_hooks_set()):
             return None
-        params, scales, eps, backends = [], [], [], set()
+        params, scales, eps, backends, linears = [], [], [], set(), []
         num_heads = approximate = None
         for block in self.layers:
             if type(block) is not STBlock or _hooked(block):
@@ -192,6 +197,8 @@ class STTransformer(nn.Module):
             if n1 is None or n2 is None or sa is None or ta is None or l1 is None or l2 is None:
                 return None
             params += n1 + sa + ta + n2 + l1 + l2
+            linears += (spatial._modules["qkv"], spatial._modules["proj"], temporal._modules["qkv"],
+                        temporal._modules["proj"], fc1, fc2)
             scales += (spatial.scale, temporal.scale)
             eps += (e1, es, et, e2)
             backends.add(spatial.backend)
@@ -201,17 +208,16 @@ class STTransformer(nn.Module):
                 return None
         except _backend.BackendUnavailableError:
             return None  # the module path raises the error naming its op
-        return params, num_heads, scales, eps, approximate
+        # The Linears' packed weights where the layers' rule packs them (wmkernels.nn.packed_linear), so the op
+        # multiplies as the module path does.
+        packed = []
+        if packed_linear.packed_for(x):
+            packed = [packed_linear.packed_weight(m.weight) for m in linears]
+        return params, num_heads, scales, eps, approximate, packed
 
 
 def _hooked(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
-
-
-def _global_hooks_set() -> bool:
-    from torch.nn.modules import module as _module
-
-    return bool(getattr(_module, "_global_forward_hooks", None) or getattr(_module, "_global_forward_pre_hooks", None))
 
 
 def _linear_args(linear) -> list | None:

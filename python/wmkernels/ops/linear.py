@@ -1,0 +1,51 @@
+"""wmk::pack_linear_weight and wmk::linear_prepacked: nn.Linear's x @ W^T + bias with the weight packed once.
+
+At every call MKL copies ("packs") the weight into its panel layout. For the frame sampler's passes, which multiply
+only 256 or 512 rows by every weight of the model, that copy and MKL's split of the work over threads are a visible
+share of each product. `linear_prepacked` takes the weight packed once (`pack_linear_weight`: panels of 16 output
+features) and runs an AVX2+FMA kernel, split over threads by panel. Measured on the 2-core Zen 3 VM (AVX2, no
+AVX-512) over GENIE-35M's 192 products, against torch.nn.functional.linear: 1.12-1.19x at 256 rows and 1.08-1.14x at
+512 on 2 threads, 1.03-1.10x at 4,096 rows (BENCHMARKS.md). Off the CPU, for dtypes other than float32, on CPUs
+without AVX2+FMA or without `packed`, `linear_prepacked` is torch.nn.functional.linear itself. Inference only (no
+autograd).
+
+Every output is summed as fma over k in blocks of 256 (each block from 0, added to the running sum in order), then
+the bias added: the same order on every row, tile and thread split, so a row's result does not depend on how many
+rows come with it. It differs from MKL's by a few ulps, which is why the GENIE layers all choose their kernel by one
+rule (wmkernels.nn.packed_linear).
+"""
+from __future__ import annotations
+
+import torch
+
+from wmkernels import _extension  # noqa: F401  (loads the extension, which registers torch.ops.wmk)
+from wmkernels import _C
+
+PANEL_WIDTH = 16
+
+
+def packed_linear_available() -> bool:
+    """Whether this build and CPU have the packed kernel (x86-64 with AVX2+FMA)."""
+    return bool(_C.packed_linear_available())
+
+
+def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
+    """weight (out_features, in_features) float32 -> its panels (ceil(out / 16), in_features, 16)."""
+    return torch.ops.wmk.pack_linear_weight(weight)
+
+
+def linear_prepacked(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     packed: torch.Tensor | None = None) -> torch.Tensor:
+    """torch.nn.functional.linear(x, weight, bias), through the packed kernel where it runs (see above)."""
+    return torch.ops.wmk.linear_prepacked(x, weight, bias, packed)
+
+
+@torch.library.register_fake("wmk::pack_linear_weight")
+def _pack_linear_weight_fake(weight):
+    n, k = weight.shape
+    return weight.new_empty(((n + PANEL_WIDTH - 1) // PANEL_WIDTH, k, PANEL_WIDTH))
+
+
+@torch.library.register_fake("wmk::linear_prepacked")
+def _linear_prepacked_fake(x, weight, bias, packed):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))

@@ -1,0 +1,180 @@
+"""wmk::pack_linear_weight / wmk::linear_prepacked, and the GENIE layers' rule for using them
+(wmkernels.nn.packed_linear)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wmkernels.nn import Mlp, SelfAttention, packed_linear
+from wmkernels.ops import linear_prepacked, pack_linear_weight
+from wmkernels.ops.linear import packed_linear_available
+
+needs_kernel = pytest.mark.skipif(not packed_linear_available(),
+                                  reason="this CPU (or build) has no AVX2+FMA packed kernel: linear_prepacked is "
+                                         "F.linear here, which test_falls_back_to_torch_linear covers")
+
+# (leading shape of x, in_features, out_features): odd sizes, a partial last panel, one row, GENIE's products.
+SHAPES = [((1,), 1, 1), ((7,), 33, 17), ((2, 3, 5), 16, 40), ((6,), 5, 16), ((13,), 1024, 256), ((1, 1, 256), 256, 768),
+          ((4100,), 64, 24)]
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _weights(n, k, bias=True, seed=1):
+    g = _gen(seed)
+    return torch.randn(n, k, generator=g), (torch.randn(n, generator=g) if bias else None)
+
+
+def _errors(got, x, weight, bias):
+    """Max error of `got` and of torch's fp32 F.linear, against F.linear in float64."""
+    want = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    ref = F.linear(x, weight, bias)
+    return (got.double() - want).abs().max().item(), (ref.double() - want).abs().max().item()
+
+
+@needs_kernel
+@pytest.mark.parametrize("lead,k,n", SHAPES, ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_matches_reference_within_twice_torch_error(lead, k, n, bias):
+    x = torch.randn(*lead, k, generator=_gen())
+    weight, b = _weights(n, k, bias)
+    original = x.clone(), weight.clone()
+    got = linear_prepacked(x, weight, b, pack_linear_weight(weight))
+    assert got.shape == (*lead, n) and got.dtype == torch.float32 and got.is_contiguous()
+    err, ref_err = _errors(got, x, weight, b)
+    assert err <= 2 * ref_err, f"max error {err} against torch's fp32 {ref_err}"
+    assert torch.equal(x, original[0]) and torch.equal(weight, original[1]), "an input was modified"
+
+
+@needs_kernel
+def test_strided_inputs():
+    weight, bias = _weights(40, 24)
+    packed = pack_linear_weight(weight.t().contiguous().t())  # a column-major weight packs to the same panels
+    assert torch.equal(packed, pack_linear_weight(weight))
+    base = torch.randn(5, 24, 9, generator=_gen())
+    for x in (base.transpose(1, 2), base[:, :, ::2].transpose(1, 2), torch.randn(3, 48, generator=_gen())[:, ::2],
+              torch.randn(1, 24, generator=_gen()).expand(6, 24)):
+        got = linear_prepacked(x, weight, bias, packed)
+        assert torch.equal(got, linear_prepacked(x.contiguous(), weight, bias, packed))
+        err, ref_err = _errors(got, x, weight, bias)
+        assert err <= 2 * ref_err
+
+
+@needs_kernel
+def test_each_row_is_independent_of_row_count_and_threads():
+    """One sum order for every row: the sampler's one-frame and two-frame passes agree bitwise."""
+    weight, bias = _weights(72, 256)
+    packed = pack_linear_weight(weight)
+    x = torch.randn(300, 256, generator=_gen())
+    full = linear_prepacked(x, weight, bias, packed)
+    for rows in (1, 5, 6, 7, 150):
+        assert torch.equal(linear_prepacked(x[:rows], weight, bias, packed), full[:rows])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(linear_prepacked(x, weight, bias, packed), full)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("case", ["no_packed", "float64", "no_rows"])
+def test_falls_back_to_torch_linear(case):
+    weight, bias = _weights(24, 16)
+    x = torch.randn(0 if case == "no_rows" else 9, 16, generator=_gen())
+    packed = None if case == "no_packed" else pack_linear_weight(weight)
+    if case == "float64":  # float64 input and weight: MKL, even with a (float32) packed weight at hand
+        x, weight, bias, packed = x.double(), weight.double(), bias.double(), packed.double()
+    assert torch.equal(linear_prepacked(x, weight, bias, packed), F.linear(x, weight, bias))
+
+
+def test_opcheck_and_compile():
+    weight, bias = _weights(40, 24)
+    x = torch.randn(2, 5, 24, generator=_gen())
+    torch.library.opcheck(torch.ops.wmk.pack_linear_weight, (weight,))
+    packed = pack_linear_weight(weight)
+    torch.library.opcheck(torch.ops.wmk.linear_prepacked, (x, weight, bias, packed))
+    torch.library.opcheck(torch.ops.wmk.linear_prepacked, (x, weight, None, None))
+    compiled = torch.compile(lambda x: torch.ops.wmk.linear_prepacked(x, weight, bias, packed), fullgraph=True)
+    assert torch.equal(compiled(x), linear_prepacked(x, weight, bias, packed))
+
+
+def test_bad_arguments_name_what_is_wrong():
+    weight, bias = _weights(40, 24)
+    packed = pack_linear_weight(weight)
+    x = torch.randn(3, 24)
+    with pytest.raises(ValueError, match=r"weight must be \(out_features, in_features\), got shape \[40\]"):
+        linear_prepacked(x, weight[:, 0], bias, packed)
+    with pytest.raises(ValueError, match="x must end in in_features = 24, got shape"):
+        linear_prepacked(torch.randn(3, 23), weight, bias, packed)
+    with pytest.raises(ValueError, match=r"bias must be \(40,\), got shape \[39\]"):
+        linear_prepacked(x, weight, bias[:-1], packed)
+    with pytest.raises(ValueError, match=r"packed must be pack_linear_weight\(weight\), of shape \(3, 24, 16\)"):
+        linear_prepacked(x, weight, bias, pack_linear_weight(weight[:, :20]))
+    with pytest.raises(ValueError, match="packed must have weight's dtype and device"):
+        linear_prepacked(x, weight, bias, packed.double())
+    with pytest.raises(ValueError, match="pack_linear_weight: weight must be float32, got Double"):
+        pack_linear_weight(weight.double())
+    with pytest.raises(ValueError, match=r"pack_linear_weight: weight must be \(out_features, in_features\)"):
+        pack_linear_weight(torch.randn(2, 3, 4))
+
+
+# ---- the layers' rule (wmkernels.nn.packed_linear) ---------------------------------------------------------------
+
+@pytest.fixture
+def packed_layers(monkeypatch):
+    """The layers' packed path switched on (it is off by default on AVX-512 CPUs)."""
+    monkeypatch.setattr(packed_linear, "enabled", True)
+
+
+@needs_kernel
+def test_layers_use_the_packed_kernel_at_inference_only(packed_layers, monkeypatch):
+    torch.manual_seed(0)
+    mlp = Mlp(16, mlp_ratio=2.0)
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        got = mlp(x)
+        hidden = F.gelu(linear_prepacked(x, mlp.fc1.weight, mlp.fc1.bias, pack_linear_weight(mlp.fc1.weight)))
+        want = linear_prepacked(hidden, mlp.fc2.weight, mlp.fc2.bias, pack_linear_weight(mlp.fc2.weight))
+        assert torch.equal(got, want)
+        monkeypatch.setattr(packed_linear, "enabled", False)
+        assert torch.equal(mlp(x), mlp.fc2(F.gelu(mlp.fc1(x))))
+        monkeypatch.setattr(packed_linear, "enabled", True)
+    grad = mlp(x)  # autograd on: nn.Linear itself, differentiable
+    assert grad.requires_grad and torch.equal(grad.detach(), mlp.fc2(F.gelu(mlp.fc1(x))).detach())
+
+
+@needs_kernel
+def test_packed_copy_follows_weight_updates(packed_layers):
+    torch.manual_seed(0)
+    attn = SelfAttention(16, 2, axis="space")
+    x = torch.randn(1, 2, 5, 16)
+    with torch.no_grad():
+        before = attn(x)
+        assert packed_linear.packed_weight(attn.proj.weight) is packed_linear.packed_weight(attn.proj.weight)
+        state = {k: torch.randn_like(v) for k, v in attn.state_dict().items()}
+        attn.load_state_dict(state)  # in place: the version counter moves
+        after = attn(x)
+        fresh = SelfAttention(16, 2, axis="space")
+        fresh.load_state_dict(state)
+        assert not torch.equal(before, after) and torch.equal(after, fresh(x))
+        attn.proj.weight = torch.nn.Parameter(torch.randn(16, 16))  # a new tensor
+        fresh.proj.weight = torch.nn.Parameter(attn.proj.weight.detach().clone())
+        assert torch.equal(attn(x), fresh(x))
+
+
+@needs_kernel
+def test_hooks_keep_nn_linear(packed_layers):
+    torch.manual_seed(0)
+    mlp = Mlp(8, mlp_ratio=1.0)
+    calls = []
+    handle = mlp.fc1.register_forward_hook(lambda *args: calls.append(1))
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        hooked = mlp(x)
+    handle.remove()
+    assert calls == [1]
+    with torch.no_grad():
+        fc2 = mlp.fc2
+        want = linear_prepacked(F.gelu(mlp.fc1(x)), fc2.weight, fc2.bias, pack_linear_weight(fc2.weight))
+        assert torch.equal(hooked, want)  # the hooked fc1 ran as nn.Linear, fc2 packed
