@@ -40,7 +40,7 @@ bool use_packed(const at::Tensor& x, const at::Tensor& weight, const OptTensor& 
   }
   const int64_t rows = x.size(-1) == 0 ? 0 : x.numel() / x.size(-1);
   static const bool usable = cpu::avx2_usable();
-  return usable && rows >= 1 && x.size(-1) >= 1;
+  return usable && rows >= 1 && x.size(-1) >= 1 && weight.size(0) >= 1;
 }
 
 at::Tensor linear_prepacked(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,

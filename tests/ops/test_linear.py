@@ -78,9 +78,9 @@ def test_each_row_is_independent_of_row_count_and_threads():
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("case", ["no_packed", "float64", "no_rows"])
+@pytest.mark.parametrize("case", ["no_packed", "float64", "no_rows", "no_features"])
 def test_falls_back_to_torch_linear(case):
-    weight, bias = _weights(24, 16)
+    weight, bias = _weights(0 if case == "no_features" else 24, 16)
     x = torch.randn(0 if case == "no_rows" else 9, 16, generator=_gen())
     packed = None if case == "no_packed" else pack_linear_weight(weight)
     if case == "float64":  # float64 input and weight: MKL, even with a (float32) packed weight at hand
