@@ -178,3 +178,23 @@ def test_hooks_keep_nn_linear(packed_layers):
         fc2 = mlp.fc2
         want = linear_prepacked(F.gelu(mlp.fc1(x)), fc2.weight, fc2.bias, pack_linear_weight(fc2.weight))
         assert torch.equal(hooked, want)  # the hooked fc1 ran as nn.Linear, fc2 packed
+
+
+@needs_kernel
+def test_inference_tensor_weights_keep_nn_linear(packed_layers):
+    """A model made under torch.inference_mode has weights without a version counter: they are never packed."""
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        mlp = Mlp(8, mlp_ratio=1.0)
+        x = torch.randn(4, 8)
+        assert packed_linear.packed_weight(mlp.fc1.weight) is None
+        assert torch.equal(mlp(x), mlp.fc2(F.gelu(mlp.fc1(x))))
+
+
+def test_refuses_autograd():
+    weight, bias = _weights(8, 4)
+    x = torch.randn(3, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="linear_prepacked has no autograd"):
+        linear_prepacked(x, weight, bias, pack_linear_weight(weight))
+    with torch.no_grad():
+        assert linear_prepacked(x, weight, bias, pack_linear_weight(weight)).shape == (3, 8)

@@ -79,6 +79,15 @@ def frame_decode_step_case(dtype):
     return fn, [q, k, v, kc, vc]
 
 
+def linear_case(bias):
+    x, w, b = torch.randn(600, 256, generator=gen(0)), torch.randn(200, 256, generator=gen(1)), torch.randn(200)
+
+    def fn(x, w):  # inference only: no autograd through the op
+        with torch.no_grad():
+            return wmkernels.ops.linear_prepacked(x, w, b if bias else None, wmkernels.ops.pack_linear_weight(w))
+    return fn, [x, w]
+
+
 CASES = {
     "factorize_tokens": lambda: (wmkernels.factorize_tokens, [torch.randint(0, 2**18, (64, 1024), generator=gen(0))]),
     "unfactorize_tokens": lambda: (wmkernels.unfactorize_tokens, [torch.randint(0, 512, (64, 1024, 2), generator=gen(0))]),
@@ -108,6 +117,9 @@ CASES = {
     "temporal_attention_qkv": lambda: fused_attention_case("temporal", False),
     "frame_decode_attention": lambda: frame_decode_case(torch.float32),
     "frame_decode_step": lambda: frame_decode_step_case(torch.float32),
+    "pack_linear_weight": lambda: (wmkernels.ops.pack_linear_weight, [torch.randn(200, 96, generator=gen(0))]),
+    "linear_prepacked": lambda: linear_case(True),
+    "linear_prepacked_no_bias": lambda: linear_case(False),
 }
 
 

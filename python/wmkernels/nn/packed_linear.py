@@ -11,7 +11,8 @@ only against MKL's AVX2 kernels; where MKL has AVX-512 to use, the layers keep i
 
 The packed copy costs as much memory as the weight (for GENIE-35M's 32 layers, 128 MiB). It is made the first time a
 Linear runs on this path and remade when the weight changes (a new tensor, or an in-place update such as
-load_state_dict or an optimizer step, seen through the tensor's version counter). `clear()` drops the copies.
+load_state_dict or an optimizer step, seen through the tensor's version counter). Weights that are inference tensors
+(created under torch.inference_mode) have no version counter and keep nn.Linear. `clear()` drops the copies.
 """
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ def clear() -> None:
 
 
 def _usable(weight: torch.Tensor) -> bool:
+    # Not an inference tensor (made under torch.inference_mode): it has no version counter, so an in-place update
+    # could not be seen and the copy could go stale; such weights keep nn.Linear.
     return (enabled and _AVAILABLE and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and weight.dim() == 2)
+            and weight.dim() == 2 and not weight.is_inference())
 
 
 def packed_weight(weight: torch.Tensor) -> torch.Tensor | None:

@@ -36,7 +36,11 @@ def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:
 
 def linear_prepacked(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                      packed: torch.Tensor | None = None) -> torch.Tensor:
-    """torch.nn.functional.linear(x, weight, bias), through the packed kernel where it runs (see above)."""
+    """torch.nn.functional.linear(x, weight, bias), through the packed kernel where it runs (see above).
+    Inference only: raises if autograd would need a gradient through it."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        raise RuntimeError("linear_prepacked has no autograd: call it under torch.no_grad() or "
+                           "torch.inference_mode(), or use torch.nn.functional.linear where gradients are needed")
     return torch.ops.wmk.linear_prepacked(x, weight, bias, packed)
 
 
