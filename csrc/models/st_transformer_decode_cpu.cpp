@@ -114,10 +114,9 @@ at::Tensor st_transformer_decode(const at::Tensor& x_in, const c10::List<OptTens
     return at::layer_norm(t, {t.size(-1)}, param(layer, w), param(layer, bias), eps[layer * kEpsSlots + eps_slot]);
   };
   // Every Linear goes through wmk::linear_prepacked, as the module path's (python/wmkernels/nn/packed_linear.py):
-  // with no packed weights that is at::linear itself.
+  // without a packed weight the op is at::linear itself.
   const auto linear = [&](const at::Tensor& h, int64_t layer, Slot w, Slot bias, PackedSlot p, const char* name) {
     const OptTensor packed_w = packed.empty() ? OptTensor() : packed.get(layer * kPackedSlots + p);
-    if (!packed_w.has_value()) return at::linear(h, required(layer, w, name), param(layer, bias));
     return linear_prepacked(h, required(layer, w, name), param(layer, bias), packed_w);
   };
   const auto has_norm = [&](int64_t layer, int64_t eps_slot) { return eps[layer * kEpsSlots + eps_slot] >= 0; };

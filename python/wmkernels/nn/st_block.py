@@ -39,7 +39,7 @@ class Mlp(nn.Module):
             if h.requires_grad:
                 return self.fc2(self.act(h))
         else:
-            h = inference_linear(self.fc1, x)  # the packed kernel for few rows (wmkernels.nn.packed_linear)
+            h = inference_linear(self.fc1, x)  # the packed kernel where it runs (wmkernels.nn.packed_linear)
         # Without autograd, GELU overwrites fc1's fresh output: no second hidden-sized buffer. That buffer cost more
         # than its pass: with it, glibc returned and re-mapped memory at every layer (a GENIE-35M decode step took
         # ~15,000 minor page faults, without it ~130; measured 15% faster per one-frame step and 6% per 16-frame
