@@ -7,7 +7,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "linear/packed_linear.h"
@@ -18,6 +21,30 @@ namespace {
 using OptTensor = std::optional<at::Tensor>;
 
 int64_t num_panels(int64_t n) { return (n + cpu::kPanelWidth - 1) / cpu::kPanelWidth; }
+
+using Gemm = void (*)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, const float*,
+                      float*, int64_t);
+
+// The widest kernel this CPU runs (null: none, linear_prepacked is at::linear). $WMK_LINEAR_ISA (avx2, avx512)
+// forces one, for tests and benchmarks; asking for one the CPU or the build lacks is an error rather than a silent
+// fallback. Both give bitwise the same results.
+Gemm choose_gemm() {
+  static const bool has_avx512 = cpu::avx512_usable(), has_avx2 = cpu::avx2_usable();
+  const char* forced = std::getenv("WMK_LINEAR_ISA");
+  if (forced != nullptr && *forced != '\0') {
+    const std::string name(forced);
+    if (name == "avx2") {
+      TORCH_CHECK(has_avx2, "WMK_LINEAR_ISA=avx2 but this CPU or build has no AVX2+FMA packed kernel");
+      return &cpu::packed_gemm_avx2;
+    }
+    TORCH_CHECK_VALUE(name == "avx512", "WMK_LINEAR_ISA must be avx2 or avx512, got '", name, "'");
+    TORCH_CHECK(has_avx512, "WMK_LINEAR_ISA=avx512 but this CPU or build has no AVX-512 packed kernel");
+    return &cpu::packed_gemm_avx512;
+  }
+  if (has_avx512) return &cpu::packed_gemm_avx512;
+  if (has_avx2) return &cpu::packed_gemm_avx2;
+  return nullptr;
+}
 
 at::Tensor pack_linear_weight(const at::Tensor& weight) {
   TORCH_CHECK_VALUE(weight.dim() == 2, "pack_linear_weight: weight must be (out_features, in_features), got shape ",
@@ -32,15 +59,15 @@ at::Tensor pack_linear_weight(const at::Tensor& weight) {
   return padded.view({panels, cpu::kPanelWidth, k}).transpose(1, 2).contiguous();
 }
 
-// Whether linear_prepacked runs the packed kernel (otherwise at::linear): the one rule every caller shares.
-bool use_packed(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias, const OptTensor& packed) {
+// The packed kernel linear_prepacked runs, or null where it runs at::linear: the one rule every caller shares.
+Gemm packed_kernel(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias, const OptTensor& packed) {
   if (!packed.has_value() || !x.device().is_cpu() || x.scalar_type() != at::kFloat ||
       weight.scalar_type() != at::kFloat || (bias.has_value() && bias->scalar_type() != at::kFloat)) {
-    return false;
+    return nullptr;
   }
   const int64_t rows = x.size(-1) == 0 ? 0 : x.numel() / x.size(-1);
-  static const bool usable = cpu::avx2_usable();
-  return usable && rows >= 1 && x.size(-1) >= 1 && weight.size(0) >= 1;
+  if (rows < 1 || x.size(-1) < 1 || weight.size(0) < 1) return nullptr;
+  return choose_gemm();
 }
 
 at::Tensor linear_prepacked(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,
@@ -62,13 +89,17 @@ at::Tensor linear_prepacked(const at::Tensor& x, const at::Tensor& weight, const
                       ": packed must have weight's dtype and device (", weight.scalar_type(), ", ",
                       weight.device(), "), got ", packed->scalar_type(), ", ", packed->device());
   }
-  if (!use_packed(x, weight, bias, packed)) return at::linear(x, weight, bias);
+  const Gemm gemm = packed_kernel(x, weight, bias, packed);
+  if (gemm == nullptr) return at::linear(x, weight, bias);
   TORCH_CHECK_VALUE(weight.device() == x.device() && (!bias.has_value() || bias->device() == x.device()), op,
                     ": x, weight and bias must be on one device");
 
   at::Tensor a = x.reshape({-1, k});
   if (a.stride(1) != 1 || a.stride(0) < k) a = a.contiguous();
-  const at::Tensor panels = packed->contiguous();
+  at::Tensor panels = packed->contiguous();
+  if (reinterpret_cast<std::uintptr_t>(panels.data_ptr()) % 64 != 0) {  // the kernels load whole aligned vectors
+    panels = at::empty_like(panels).copy_(panels);  // torch's CPU allocator aligns to 64 bytes
+  }
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
   const int64_t rows = a.size(0);
   at::Tensor out = at::empty({rows, n}, x.options());
@@ -86,14 +117,14 @@ at::Tensor linear_prepacked(const at::Tensor& x, const at::Tensor& weight, const
   chunks = (rows + chunk_rows - 1) / chunk_rows;
   if (chunks == 1) {  // each thread its range of panels, in one call
     at::parallel_for(0, np, 1, [&](int64_t begin, int64_t end) {
-      cpu::packed_gemm_avx2(a_ptr, lda, rows, k, p_ptr, n, begin, end, b_ptr, c_ptr, n);
+      gemm(a_ptr, lda, rows, k, p_ptr, n, begin, end, b_ptr, c_ptr, n);
     });
   } else {
     at::parallel_for(0, np * chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t p = item / chunks, r0 = (item % chunks) * chunk_rows;
         const int64_t r1 = std::min(rows, r0 + chunk_rows);
-        cpu::packed_gemm_avx2(a_ptr + r0 * lda, lda, r1 - r0, k, p_ptr, n, p, p + 1, b_ptr, c_ptr + r0 * n, n);
+        gemm(a_ptr + r0 * lda, lda, r1 - r0, k, p_ptr, n, p, p + 1, b_ptr, c_ptr + r0 * n, n);
       }
     });
   }

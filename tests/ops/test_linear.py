@@ -1,5 +1,7 @@
 """wmk::pack_linear_weight / wmk::linear_prepacked, and the GENIE layers' rule for using them
 (wmkernels.nn.packed_linear)."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,9 +14,40 @@ needs_kernel = pytest.mark.skipif(not packed_linear_available(),
                                   reason="this CPU (or build) has no AVX2+FMA packed kernel: linear_prepacked is "
                                          "F.linear here, which test_falls_back_to_torch_linear covers")
 
-# (leading shape of x, in_features, out_features): odd sizes, a partial last panel, one row, GENIE's products.
+# (leading shape of x, in_features, out_features): odd sizes, a partial last panel, one row, GENIE's products, and few
+# rows against many k, where MKL's own fp32 sum is most accurate (single chains of 256 k failed the 2x rule there).
 SHAPES = [((1,), 1, 1), ((7,), 33, 17), ((2, 3, 5), 16, 40), ((6,), 5, 16), ((13,), 1024, 256), ((1, 1, 256), 256, 768),
-          ((4100,), 64, 24)]
+          ((4100,), 64, 24), ((4,), 512, 256), ((3,), 100, 33), ((1,), 64, 256), ((2,), 3000, 40)]
+
+
+def _isa_reason(isa):
+    """None if this CPU and build run the packed kernel for `isa` ($WMK_LINEAR_ISA), else why not."""
+    if not packed_linear_available():
+        return "this CPU (or build) has no packed kernel"
+    old = os.environ.get("WMK_LINEAR_ISA")
+    os.environ["WMK_LINEAR_ISA"] = isa
+    try:
+        w = torch.ones(1, 1)
+        linear_prepacked(torch.ones(1, 1), w, None, pack_linear_weight(w))
+        return None
+    except RuntimeError as e:
+        return str(e).splitlines()[0]
+    finally:
+        if old is None:
+            os.environ.pop("WMK_LINEAR_ISA", None)
+        else:
+            os.environ["WMK_LINEAR_ISA"] = old
+
+
+ISAS = [pytest.param(isa, id=isa, marks=pytest.mark.skipif(_isa_reason(isa) is not None, reason=str(_isa_reason(isa))))
+        for isa in ("avx512", "avx2")]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request, monkeypatch):
+    """Each packed kernel this CPU runs, forced through $WMK_LINEAR_ISA."""
+    monkeypatch.setenv("WMK_LINEAR_ISA", request.param)
+    return request.param
 
 
 def _gen(seed=0):
@@ -36,7 +69,7 @@ def _errors(got, x, weight, bias):
 @needs_kernel
 @pytest.mark.parametrize("lead,k,n", SHAPES, ids=str)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_matches_reference_within_twice_torch_error(lead, k, n, bias):
+def test_matches_reference_within_twice_torch_error(isa, lead, k, n, bias):
     x = torch.randn(*lead, k, generator=_gen())
     weight, b = _weights(n, k, bias)
     original = x.clone(), weight.clone()
@@ -48,7 +81,7 @@ def test_matches_reference_within_twice_torch_error(lead, k, n, bias):
 
 
 @needs_kernel
-def test_strided_inputs():
+def test_strided_inputs(isa):
     weight, bias = _weights(40, 24)
     packed = pack_linear_weight(weight.t().contiguous().t())  # a column-major weight packs to the same panels
     assert torch.equal(packed, pack_linear_weight(weight))
@@ -62,7 +95,7 @@ def test_strided_inputs():
 
 
 @needs_kernel
-def test_each_row_is_independent_of_row_count_and_threads():
+def test_each_row_is_independent_of_row_count_and_threads(isa):
     """One sum order for every row: the sampler's one-frame and two-frame passes agree bitwise."""
     weight, bias = _weights(72, 256)
     packed = pack_linear_weight(weight)
@@ -76,6 +109,63 @@ def test_each_row_is_independent_of_row_count_and_threads():
         assert torch.equal(linear_prepacked(x, weight, bias, packed), full)
     finally:
         torch.set_num_threads(threads)
+
+
+# Shapes that reach every tiling of the AVX-512 kernel: groups of 1-4 panels (and splits of them over threads), a
+# partial last panel, whole and short row tiles, k past one sum block of 256, and a thread split by rows (few panels).
+ISA_SHAPES = [(1, 1, 1), (7, 33, 17), (13, 300, 72), (97, 512, 1000), (300, 1024, 256), (256, 256, 768), (61, 20, 48)]
+
+
+@pytest.mark.skipif(any(_isa_reason(i) is not None for i in ("avx2", "avx512")),
+                    reason="needs both the AVX2 and the AVX-512 packed kernel (an AVX-512 CPU); this one lacks "
+                           f"one: {_isa_reason('avx512') or _isa_reason('avx2')}")
+@pytest.mark.parametrize("m,k,n", ISA_SHAPES, ids=str)
+def test_avx2_and_avx512_kernels_agree_bitwise(monkeypatch, m, k, n):
+    """The two kernels sum every output in the same order: the layers' results do not depend on the CPU's ISA."""
+    x = torch.randn(m, k, generator=_gen())
+    weight, bias = _weights(n, k)
+    packed = pack_linear_weight(weight)
+    got = {}
+    for isa in ("avx2", "avx512"):
+        monkeypatch.setenv("WMK_LINEAR_ISA", isa)
+        for threads in (1, 2):
+            with _threads(threads):
+                got[isa, threads] = linear_prepacked(x, weight, bias, packed)
+    first = got["avx2", 1]
+    assert all(torch.equal(first, v) for v in got.values())
+    err, ref_err = _errors(first, x, weight, bias)
+    assert err <= 2 * ref_err
+
+
+class _threads:
+    def __init__(self, n):
+        self.n, self.old = n, torch.get_num_threads()
+
+    def __enter__(self):
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+
+
+@needs_kernel
+def test_unaligned_packed_weight_is_copied(isa):
+    """The kernels load whole aligned vectors; a packed weight that starts off a 64-byte boundary is copied first."""
+    weight, bias = _weights(40, 24)
+    packed = pack_linear_weight(weight)
+    storage = torch.empty(packed.numel() + 1)
+    shifted = storage[1:].view(packed.shape)  # 4 bytes past torch's 64-byte aligned allocation
+    shifted.copy_(packed)
+    assert shifted.data_ptr() % 64 != 0
+    x = torch.randn(9, 24, generator=_gen())
+    assert torch.equal(linear_prepacked(x, weight, bias, shifted), linear_prepacked(x, weight, bias, packed))
+
+
+def test_unknown_isa_is_refused(monkeypatch):
+    monkeypatch.setenv("WMK_LINEAR_ISA", "sse9")
+    weight = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="WMK_LINEAR_ISA must be avx2 or avx512, got 'sse9'"):
+        linear_prepacked(torch.ones(1, 3), weight, None, pack_linear_weight(weight))
 
 
 @pytest.mark.parametrize("case", ["no_packed", "float64", "no_rows", "no_features"])
