@@ -1,10 +1,10 @@
-// The AVX-512F kernel of wmk::linear_prepacked (see packed_linear.h): 6 rows x up to 4 panels (64 outputs) per
-// register tile, 24 of the 32 zmm registers. On the 2-core Intel Xeon VM (AVX-512), over GENIE-35M's 192 products at
-// 256 rows with single chains of 256 k, 6 x 4 measured 305 GFLOP/s against 285 for 12 x 2, 291 for 8 x 3 and 217 for
-// 14 x 1. With the pairwise chains of 16 that accuracy needs, it runs about even with MKL's sgemm at 256 rows and
-// ~12% behind it at 4,096 (BENCHMARKS.md), so the layers keep MKL on AVX-512 CPUs by default; this kernel is what
-// the packed path runs there when it is switched on. Compiled with -mavx512f on x86-64; elsewhere only the stub that
-// says it is not there.
+// The AVX-512F kernel of wmk::linear_prepacked (see packed_linear.h): 6 rows x up to 4 panels (64 outputs) per register
+// tile, 24 of the 32 zmm registers. On the 2-core Intel Xeon VM (AVX-512), over GENIE-35M's 192 products at 256 rows
+// with single chains of 256 k, 6 x 4 measured 305 GFLOP/s against 285 for 12 x 2, 291 for 8 x 3 and 217 for 14 x 1.
+// With the pairwise chains of 16 that accuracy needs, it runs at 0.90-1.0x of MKL's sgemm at 256 rows and ~12% behind
+// it at 4,096 (BENCHMARKS.md), so the layers keep MKL on AVX-512 CPUs by default; this kernel is what the packed path
+// runs there when it is switched on. Compiled with -mavx512f on x86-64; elsewhere only the stub that says it is not
+// there.
 #include "linear/packed_linear.h"
 
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__FMA__)

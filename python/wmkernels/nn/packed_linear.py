@@ -6,10 +6,10 @@ wmkernels.ops.linear). Every path of the layers goes through it (the full forwar
 passes, and wmk::st_transformer_decode, which gets the packed weights from `packed_weight`), so all of them compute
 the same numbers.
 
-`enabled` defaults to True on CPUs with AVX2+FMA and without AVX-512F. Against MKL's sgemm over GENIE-35M's products
-at 2 threads: on a Zen 3 (AVX2) the packed kernel measured 1.12-1.19x at 256 rows; on an Intel Xeon with AVX-512, where
-MKL runs its AVX-512 code, the packed AVX-512 kernel was about even at 256 rows and 0.88x at 4,096 (BENCHMARKS.md), so
-the layers keep MKL there unless you set `enabled = True`.
+`enabled` defaults to True on CPUs with AVX2+FMA and without AVX-512F. Against MKL's sgemm over GENIE-35M's products at
+2 threads: on a Zen 3 (AVX2) the packed kernel measured 1.12-1.19x at 256 rows; on an Intel Xeon with AVX-512, where MKL
+runs its AVX-512 code, the packed AVX-512 kernel ran 0.90-1.0x at 256 rows and 0.88x at 4,096 (BENCHMARKS.md), so the
+layers keep MKL there unless you set `enabled = True`.
 
 The packed copy costs as much memory as the weight (for GENIE-35M's 32 layers, 128 MiB). It is made the first time a
 Linear runs on this path and remade when the weight changes (a new tensor, or an in-place update such as

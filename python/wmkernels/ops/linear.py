@@ -1,15 +1,15 @@
 """wmk::pack_linear_weight and wmk::linear_prepacked: nn.Linear's x @ W^T + bias with the weight packed once.
 
-At every call MKL copies ("packs") the weight into its panel layout. For the frame sampler's passes, which multiply
-only 256 or 512 rows by every weight of the model, that copy and MKL's split of the work over threads are a visible
-share of each product. `linear_prepacked` takes the weight packed once (`pack_linear_weight`: panels of 16 output
-features) and runs an AVX-512F or AVX2+FMA kernel (the widest the CPU has; $WMK_LINEAR_ISA=avx2 or avx512 forces
-one), split over threads by panel. Measured over GENIE-35M's 192 products at 2 threads, against
-torch.nn.functional.linear: on the 2-core Zen 3 VM (AVX2 kernel, measured before its sums took chains of 16, which
-cost the AVX2 kernel nothing measurable on the Intel VM) 1.12-1.19x at 256 rows, 1.08-1.14x at 512 and 1.03-1.10x at
-4,096 rows; on a 2-core Intel Xeon VM with AVX-512 (AVX-512 kernel) about even at 256 rows and 0.88x at
-4,096 (BENCHMARKS.md). Off the CPU, for dtypes other than float32, on CPUs without AVX2+FMA or without `packed`,
-`linear_prepacked` is torch.nn.functional.linear itself. Inference only (no autograd).
+At every call MKL copies ("packs") the weight into its panel layout. For the frame sampler's passes, which multiply only
+256 or 512 rows by every weight of the model, that copy and MKL's split of the work over threads are a visible share of
+each product. `linear_prepacked` takes the weight packed once (`pack_linear_weight`: panels of 16 output features) and
+runs an AVX-512F or AVX2+FMA kernel (the widest the CPU has; $WMK_LINEAR_ISA=avx2 or avx512 forces one), split over
+threads by panel. Measured over GENIE-35M's 192 products at 2 threads, against torch.nn.functional.linear: on the 2-core
+Zen 3 VM (AVX2 kernel, measured before its sums took chains of 16, which cost the AVX2 kernel nothing measurable on the
+Intel VM) 1.12-1.19x at 256 rows, 1.08-1.14x at 512 and 1.03-1.10x at 4,096 rows; on a 2-core Intel Xeon VM with AVX-512
+(AVX-512 kernel) 0.90-1.0x at 256 rows and 0.88x at 4,096 (BENCHMARKS.md). Off the CPU, for dtypes other than float32,
+on CPUs without AVX2+FMA or without `packed`, `linear_prepacked` is torch.nn.functional.linear itself. Inference only
+(no autograd).
 
 Every output is summed as fma over k in chains of 16 (each from 0), the chains of each block of 256 k added pairwise,
 the blocks added to the running sum in order, then the bias: the same order on every row, tile and thread split, so
