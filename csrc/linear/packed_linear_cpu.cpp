@@ -139,6 +139,10 @@ TORCH_LIBRARY_IMPL(wmk, CPU, m) {
   m.impl("pack_linear_weight", &pack_linear_weight);
   m.impl("linear_prepacked", &linear_prepacked);
 }
+// pack_linear_weight is made of differentiable ATen ops (zeros, copy_ into a slice, transpose, contiguous): with
+// autograd falling through to them, a backward pass through the packing gives the weight its gradient, instead of
+// autograd's not-implemented fallback (which warns, and gives none).
+TORCH_LIBRARY_IMPL(wmk, Autograd, m) { m.impl("pack_linear_weight", torch::CppFunction::makeFallthrough()); }
 #ifdef WMK_WITH_CUDA
 // On a GPU there is no packed kernel: linear_prepacked is at::linear, and the packing is device-agnostic ATen.
 TORCH_LIBRARY_IMPL(wmk, CUDA, m) {

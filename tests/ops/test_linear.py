@@ -281,6 +281,15 @@ def test_inference_tensor_weights_keep_nn_linear(packed_layers):
         assert torch.equal(mlp(x), mlp.fc2(F.gelu(mlp.fc1(x))))
 
 
+def test_packing_passes_gradients_through():
+    """Autograd falls through to the packing's ATen ops: a backward pass gives the weight the unpacked gradient."""
+    weight = torch.randn(20, 8, requires_grad=True)
+    grad = torch.randn(2, 8, 16, generator=_gen())  # (panels, in_features, 16); outputs 20..31 are padding
+    pack_linear_weight(weight).backward(grad)
+    want = grad.transpose(1, 2).reshape(32, 8)[:20]
+    assert torch.equal(weight.grad, want)
+
+
 def test_refuses_autograd():
     weight, bias = _weights(8, 4)
     x = torch.randn(3, 4, requires_grad=True)
