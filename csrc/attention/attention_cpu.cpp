@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "attention/attention.h"
+#include "common/cpu_isa.h"
 #include "attention/cpu_microkernels.h"
 #include "attention/cpu_microkernels_avx512.h"
 #include "attention/flash_backward_cpu.h"
@@ -46,29 +47,15 @@ Norm<acc_t> make_norm(const c10::optional<at::Tensor>& weight, const c10::option
 }
 
 // The instruction set of the float kernels: the widest this CPU runs, or the one $WMK_ATTN_ISA names
-// (portable, avx2, avx512), for tests and benchmarks; naming one the CPU lacks is an error, not a fallback.
-enum class Isa { kPortable, kAvx2, kAvx512 };
-
-Isa float_isa() {
+// (portable, avx2, avx512), for tests and benchmarks (common/cpu_isa.h).
+CpuIsa float_isa() {
 #if WMK_HAVE_AVX2_PATH
   static const bool has_avx512 = cpu::Avx512Kernels::usable();
   static const bool has_avx2 = cpu::Avx2Kernels::usable();
 #else
   constexpr bool has_avx512 = false, has_avx2 = false;
 #endif
-  const char* forced = std::getenv("WMK_ATTN_ISA");
-  if (forced != nullptr && *forced != '\0') {
-    const std::string name(forced);
-    if (name == "portable") return Isa::kPortable;
-    if (name == "avx2") {
-      TORCH_CHECK(has_avx2, "WMK_ATTN_ISA=avx2 but this CPU or build has no AVX2+FMA kernels");
-      return Isa::kAvx2;
-    }
-    TORCH_CHECK_VALUE(name == "avx512", "WMK_ATTN_ISA must be portable, avx2 or avx512, got '", name, "'");
-    TORCH_CHECK(has_avx512, "WMK_ATTN_ISA=avx512 but this CPU or build has no AVX-512 kernels");
-    return Isa::kAvx512;
-  }
-  return has_avx512 ? Isa::kAvx512 : (has_avx2 ? Isa::kAvx2 : Isa::kPortable);
+  return choose_cpu_isa("WMK_ATTN_ISA", "portable", has_avx2, has_avx512, "kernels");
 }
 
 // Calls f(Kernels) with the kernel set chosen for acc_t (float64 always runs the portable loops).
@@ -77,11 +64,11 @@ void with_kernels(F&& f) {
 #if WMK_HAVE_AVX2_PATH
   if constexpr (std::is_same_v<acc_t, float>) {
     switch (float_isa()) {
-      case Isa::kAvx512:
+      case CpuIsa::kAvx512:
         return f(cpu::Avx512Kernels{});
-      case Isa::kAvx2:
+      case CpuIsa::kAvx2:
         return f(cpu::Avx2Kernels{});
-      case Isa::kPortable:
+      case CpuIsa::kFallback:
         break;
     }
   }

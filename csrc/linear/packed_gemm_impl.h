@@ -21,7 +21,9 @@ namespace {
 // K >= 256 and 2.0x at K = 100 (20 random cases per shape, 1 to 13 rows), the numerics rule's bound.
 constexpr int64_t kChain = 16;
 constexpr int64_t kSumBlock = 256;
-constexpr int kLevels = 4;  // log2(kSumBlock / kChain): the levels of partial sums a block needs
+// The levels of partial sums a block needs: log2(kSumBlock / kChain).
+constexpr int levels_for(int64_t chains) { return chains <= 1 ? 0 : 1 + levels_for(chains / 2); }
+constexpr int kLevels = levels_for(kSumBlock / kChain);
 // Rows per block of the loops: a panel group's slice of kSumBlock k stays in L1/L2 across a block.
 constexpr int64_t kBlockRows = 96;
 

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/cpu_isa.h"
 #include "linear/packed_linear.h"
 
 namespace wmk::linear {
@@ -25,24 +26,15 @@ int64_t num_panels(int64_t n) { return (n + cpu::kPanelWidth - 1) / cpu::kPanelW
 using Gemm = void (*)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, int64_t, int64_t, const float*,
                       float*, int64_t);
 
-// The widest kernel this CPU runs (null: none, linear_prepacked is at::linear). $WMK_LINEAR_ISA (avx2, avx512)
-// forces one, for tests and benchmarks; asking for one the CPU or the build lacks is an error rather than a silent
-// fallback. Both give bitwise the same results.
+// The widest kernel this CPU runs (null: none, linear_prepacked is at::linear), or the one $WMK_LINEAR_ISA (avx2,
+// avx512) names (common/cpu_isa.h). Both give bitwise the same results.
 Gemm choose_gemm() {
   static const bool has_avx512 = cpu::avx512_usable(), has_avx2 = cpu::avx2_usable();
-  const char* forced = std::getenv("WMK_LINEAR_ISA");
-  if (forced != nullptr && *forced != '\0') {
-    const std::string name(forced);
-    if (name == "avx2") {
-      TORCH_CHECK(has_avx2, "WMK_LINEAR_ISA=avx2 but this CPU or build has no AVX2+FMA packed kernel");
-      return &cpu::packed_gemm_avx2;
-    }
-    TORCH_CHECK_VALUE(name == "avx512", "WMK_LINEAR_ISA must be avx2 or avx512, got '", name, "'");
-    TORCH_CHECK(has_avx512, "WMK_LINEAR_ISA=avx512 but this CPU or build has no AVX-512 packed kernel");
-    return &cpu::packed_gemm_avx512;
+  switch (choose_cpu_isa("WMK_LINEAR_ISA", nullptr, has_avx2, has_avx512, "packed kernel")) {
+    case CpuIsa::kAvx512: return &cpu::packed_gemm_avx512;
+    case CpuIsa::kAvx2: return &cpu::packed_gemm_avx2;
+    case CpuIsa::kFallback: break;
   }
-  if (has_avx512) return &cpu::packed_gemm_avx512;
-  if (has_avx2) return &cpu::packed_gemm_avx2;
   return nullptr;
 }
 

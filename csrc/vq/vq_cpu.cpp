@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/cpu_isa.h"
 #include "common/vq.h"
 #include "vq/vq.h"
 #include "vq/vq_argmin.h"
@@ -23,8 +24,7 @@
 namespace wmk::vq {
 namespace {
 
-// The widest micro-kernel this CPU runs. $WMK_VQ_ISA (scalar, avx2, avx512) forces one, for tests and
-// benchmarks; asking for one the CPU or the build lacks is an error rather than a silent fallback.
+// The widest micro-kernel this CPU runs, or the one $WMK_VQ_ISA (scalar, avx2, avx512) names (common/cpu_isa.h).
 cpu::Isa choose_isa() {
   cpu::Isa avx512{}, avx2{}, scalar{};
   cpu::scalar_isa(&scalar);
@@ -34,20 +34,11 @@ cpu::Isa choose_isa() {
   has_avx512 = __builtin_cpu_supports("avx512f") && cpu::avx512_isa(&avx512);
   has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu::avx2_isa(&avx2);
 #endif
-  const char* forced = std::getenv("WMK_VQ_ISA");
-  if (forced != nullptr && *forced != '\0') {
-    const std::string name(forced);
-    if (name == "scalar") return scalar;
-    if (name == "avx2") {
-      TORCH_CHECK(has_avx2, "WMK_VQ_ISA=avx2 but this CPU or build has no AVX2+FMA kernel");
-      return avx2;
-    }
-    TORCH_CHECK_VALUE(name == "avx512", "WMK_VQ_ISA must be scalar, avx2 or avx512, got '", name, "'");
-    TORCH_CHECK(has_avx512, "WMK_VQ_ISA=avx512 but this CPU or build has no AVX-512 kernel");
-    return avx512;
+  switch (choose_cpu_isa("WMK_VQ_ISA", "scalar", has_avx2, has_avx512, "kernel")) {
+    case CpuIsa::kAvx512: return avx512;
+    case CpuIsa::kAvx2: return avx2;
+    case CpuIsa::kFallback: break;
   }
-  if (has_avx512) return avx512;
-  if (has_avx2) return avx2;
   return scalar;
 }
 

@@ -39,8 +39,9 @@ def _isa_reason(isa):
             os.environ["WMK_LINEAR_ISA"] = old
 
 
-ISAS = [pytest.param(isa, id=isa, marks=pytest.mark.skipif(_isa_reason(isa) is not None, reason=str(_isa_reason(isa))))
-        for isa in ("avx512", "avx2")]
+ISA_REASONS = {isa: _isa_reason(isa) for isa in ("avx512", "avx2")}  # None where the kernel runs
+ISAS = [pytest.param(isa, id=isa, marks=pytest.mark.skipif(why is not None, reason=str(why)))
+        for isa, why in ISA_REASONS.items()]
 
 
 @pytest.fixture(params=ISAS)
@@ -48,6 +49,18 @@ def isa(request, monkeypatch):
     """Each packed kernel this CPU runs, forced through $WMK_LINEAR_ISA."""
     monkeypatch.setenv("WMK_LINEAR_ISA", request.param)
     return request.param
+
+
+class _threads:
+    """torch's thread count set to n inside the block."""
+    def __init__(self, n):
+        self.n, self.old = n, torch.get_num_threads()
+
+    def __enter__(self):
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
 
 
 def _gen(seed=0):
@@ -103,12 +116,8 @@ def test_each_row_is_independent_of_row_count_and_threads(isa):
     full = linear_prepacked(x, weight, bias, packed)
     for rows in (1, 5, 6, 7, 150):
         assert torch.equal(linear_prepacked(x[:rows], weight, bias, packed), full[:rows])
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with _threads(1):
         assert torch.equal(linear_prepacked(x, weight, bias, packed), full)
-    finally:
-        torch.set_num_threads(threads)
 
 
 # Shapes that reach every tiling of the AVX-512 kernel: groups of 1-4 panels (and splits of them over threads), a
@@ -116,9 +125,9 @@ def test_each_row_is_independent_of_row_count_and_threads(isa):
 ISA_SHAPES = [(1, 1, 1), (7, 33, 17), (13, 300, 72), (97, 512, 1000), (300, 1024, 256), (256, 256, 768), (61, 20, 48)]
 
 
-@pytest.mark.skipif(any(_isa_reason(i) is not None for i in ("avx2", "avx512")),
+@pytest.mark.skipif(any(why is not None for why in ISA_REASONS.values()),
                     reason="needs both the AVX2 and the AVX-512 packed kernel (an AVX-512 CPU); this one lacks "
-                           f"one: {_isa_reason('avx512') or _isa_reason('avx2')}")
+                           f"one: {ISA_REASONS['avx512'] or ISA_REASONS['avx2']}")
 @pytest.mark.parametrize("m,k,n", ISA_SHAPES, ids=str)
 def test_avx2_and_avx512_kernels_agree_bitwise(monkeypatch, m, k, n):
     """The two kernels sum every output in the same order: the layers' results do not depend on the CPU's ISA."""
@@ -135,17 +144,6 @@ def test_avx2_and_avx512_kernels_agree_bitwise(monkeypatch, m, k, n):
     assert all(torch.equal(first, v) for v in got.values())
     err, ref_err = _errors(first, x, weight, bias)
     assert err <= 2 * ref_err
-
-
-class _threads:
-    def __init__(self, n):
-        self.n, self.old = n, torch.get_num_threads()
-
-    def __enter__(self):
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.old)
 
 
 @needs_kernel
