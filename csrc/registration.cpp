@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "common/inference_only.h"
 #include "linear/packed_linear.h"
 
 TORCH_LIBRARY(wmk, m) {
@@ -71,6 +72,13 @@ TORCH_LIBRARY(wmk, m) {
   m.def("st_transformer_decode(Tensor x, Tensor?[] params, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor position, "
         "int num_heads, float[] scales, float[] eps, Tensor?[] packed, str gelu_approximate=\"none\", "
         "bool need_output=True, bool last_only=False) -> Tensor");
+}
+
+// The inference-only ops: a backward pass through them raises, naming the op (common/inference_only.h), instead of
+// autograd's not-implemented fallback warning and leaving the inputs without a gradient.
+TORCH_LIBRARY_IMPL(wmk, Autograd, m) {
+  for (const char* name : {"frame_decode_attention", "frame_decode_step", "linear_prepacked", "st_transformer_decode"})
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&wmk::inference_only_autograd>());
 }
 
 namespace {

@@ -263,7 +263,8 @@ def frame_decode_attention(
     *,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Temporal attention of the current frame's queries over a frame KV cache (inference only, no autograd).
+    """Temporal attention of the current frame's queries over a frame KV cache (inference only, no autograd: with
+    inputs that require grad the forward runs, and a backward pass through its output raises).
 
     q: (B, S, H, D). k_cache, v_cache: (B, T_max, S, H, D), valid frames at 0 .. num_frames - 1 (the current
     frame's K/V already written at num_frames - 1). num_frames: int32/int64 tensor () or (B,) on q's device,
@@ -351,7 +352,8 @@ def frame_decode_step(
     qk_norm_eps: float = 1e-5,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """One cached decoding step of temporal attention (inference only): store the current frame's K/V, attend.
+    """One cached decoding step of temporal attention (inference only: a backward pass through it raises): store
+    the current frame's K/V, attend.
 
     q, k, v: (B, S, H, D), the current frame's projections (any strides, e.g. views of a fused qkv). The keys,
     through the qk LayerNorm (qk_norm_* as in temporal_attention), and the values are written IN PLACE into slot
