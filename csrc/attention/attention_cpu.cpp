@@ -7,7 +7,6 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <optional>
 #include <utility>
 #include <string>

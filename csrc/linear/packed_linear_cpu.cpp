@@ -8,9 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <optional>
-#include <string>
 #include <vector>
 
 #include "common/cpu_isa.h"
@@ -90,7 +88,7 @@ at::Tensor linear_prepacked(const at::Tensor& x, const at::Tensor& weight, const
   if (a.stride(1) != 1 || a.stride(0) < k) a = a.contiguous();
   at::Tensor panels = packed->contiguous();
   if (reinterpret_cast<std::uintptr_t>(panels.data_ptr()) % 64 != 0) {  // the kernels load whole aligned vectors
-    panels = at::empty_like(panels).copy_(panels);  // torch's CPU allocator aligns to 64 bytes
+    panels = panels.clone();  // a fresh allocation: torch's CPU allocator aligns to 64 bytes
   }
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
   const int64_t rows = a.size(0);
