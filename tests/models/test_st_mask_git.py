@@ -243,6 +243,33 @@ def test_decode_with_commit_equals_commit_then_decode(qk_norm, cached_before, n_
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
 
 
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_first_pass_on_cpu_is_the_decode_pass(qk_norm, monkeypatch):
+    # Into an empty cache on CPU, decode_logits(frame, cache, commit=prompt) runs the decode pass at slot 0 (the
+    # fused op), not the layers' causal forward; it stores the K/V and gives the logits of prefill-then-decode.
+    from wmkernels.nn import STTransformer
+
+    model = tiny_model(seed=7, qk_norm=qk_norm)
+    cfg = model.config
+    g = torch.Generator().manual_seed(2)
+    prompt = torch.randint(0, cfg.image_vocab_size, (2, 4, cfg.S), generator=g)
+    frame = torch.full((2, cfg.S), cfg.mask_token_id)
+    want_cache, cache = model.new_cache(2), model.new_cache(2)
+    with torch.inference_mode():
+        model.prefill(prompt, want_cache)
+        want = model.decode_logits(frame, want_cache)
+
+        def causal_forward(*args, **kwargs):
+            raise AssertionError("the causal forward ran")
+
+        monkeypatch.setattr(STTransformer, "forward_prefill", causal_forward)
+        got = model.decode_logits(frame, cache, commit=prompt)
+    assert int(cache.num_frames) == 4 and cache.host_frames == 4
+    for a, b in ((cache.k, want_cache.k), (cache.v, want_cache.v)):
+        torch.testing.assert_close(a[:, :, :5], b[:, :, :5], rtol=1e-4, atol=1e-5 * b[:, :, :5].abs().max().item())
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
 def test_decode_with_commit_bad_arguments():
     model = tiny_model()
     cfg = model.config

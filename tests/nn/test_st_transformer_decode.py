@@ -26,8 +26,9 @@ def _model(seed=0, dtype=torch.float32, **kwargs):
 
 def _filled_cache(model, x, frames):
     cache = FrameKVCache(LAYERS, B, T, S, HEADS, D_MODEL // HEADS, dtype=x.dtype)
-    with torch.no_grad():
-        model.forward_prefill(x[:, :frames], cache, need_output=False)
+    if frames:
+        with torch.no_grad():
+            model.forward_prefill(x[:, :frames], cache, need_output=False)
     return cache
 
 
@@ -63,15 +64,17 @@ def packed_linears(request, monkeypatch):
 
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n, need_output, last_only", [(1, True, False), (2, True, True), (3, True, False),
-                                                       (1, False, False), (2, False, False)])
-def test_op_is_bitwise_the_module_path(config, dtype, n, need_output, last_only, packed_linears):
+@pytest.mark.parametrize("start, n, need_output, last_only", [(2, 1, True, False), (2, 2, True, True),
+                                                              (2, 3, True, False), (2, 1, False, False),
+                                                              (2, 2, False, False),
+                                                              (0, 4, True, True)])  # the sampler's first pass
+def test_op_is_bitwise_the_module_path(config, dtype, start, n, need_output, last_only, packed_linears):
     model = _model(dtype=dtype, **CONFIGS[config])
     x = torch.randn(B, T, S, D_MODEL, generator=torch.Generator().manual_seed(1), dtype=dtype)
-    cache = _filled_cache(model, x, 2)
-    (out, k, v), (want, want_k, want_v) = _both_paths(model, x[:, 2:2 + n], cache, torch.tensor([2]),
+    cache = _filled_cache(model, x, start)
+    (out, k, v), (want, want_k, want_v) = _both_paths(model, x[:, start:start + n], cache, torch.tensor([start]),
                                                       need_output=need_output, last_only=last_only)
-    written = 2 + n  # the cache is uninitialized (torch.empty) past the written slots
+    written = start + n  # the cache is uninitialized (torch.empty) past the written slots
     assert torch.equal(k[:, :, :written], want_k[:, :, :written]) and torch.equal(v[:, :, :written],
                                                                                    want_v[:, :, :written])
     if not need_output:
