@@ -4,11 +4,20 @@ GENIE-35M shape by default (32 layers, d_model 256, 8 heads, T = 16, S = 256, 2 
 weights, fp32, batch 1, 8 prompt + 8 new frames. Prints frames/s of each sampler, the speed-up of the cached one,
 whether the tokens are identical, the matmul FLOP ratio (from the forwards each sampler actually ran) and the
 cache's memory. Every number in a table comes from one run of this script (the baseline is measured in the same
-run). Example:
+run). The samplers (`--samplers`, default cached,genie,truncated,cached):
+
+    cached           maskgit_generate: the FrameKVCache sampler
+    genie            GENIE's uncached sampler (use_cache=False) on the same model and kernels: the issue's baseline
+    truncated        the uncached sampler over frames 0..t only
+    genie-reference  GENIE's uncached sampler on wmkernels.reference.genie.GenieSTMaskGIT with the same weights,
+                     the public GENIE model's math in plain PyTorch (SDPA attention): what the public code runs
+
+Example:
 
     .venv/bin/python benchmarks/bench_sampling.py --steps 2
     .venv/bin/python benchmarks/bench_sampling.py --steps 4 --samplers cached,truncated
     .venv/bin/python benchmarks/bench_sampling.py --new-frames 24 --samplers cached   # a 32-frame rollout
+    .venv/bin/python benchmarks/bench_sampling.py --samplers cached,genie,genie-reference,cached
     .venv/bin/python benchmarks/bench_sampling.py --decode-run --threads 1   # the decode op alone (see decode_run)
 """
 from __future__ import annotations
@@ -21,6 +30,7 @@ import torch
 
 from wmkernels.models import STMaskGIT, STMaskGITConfig
 from wmkernels.nn import FrameKVCache
+from wmkernels.reference.genie import GenieSTMaskGIT
 from wmkernels.reference.maskgit import genie_maskgit_generate
 from wmkernels.sampling import maskgit_generate
 
@@ -37,23 +47,31 @@ def forward_flops(cfg: STMaskGITConfig, frames: int, keys: int, logit_frames: in
     return float(flops)
 
 
-def count_calls(model: STMaskGIT, log: list) -> None:
+def count_calls(model, log: list) -> list[str]:
     """Record every forward the samplers run (frames, temporal keys, frames with logits) by wrapping the model's
-    methods."""
-    def wrap(name, fn, describe):
+    methods (those it has: the reference model has only compute_logits). Returns the names wrapped."""
+    wrapped = []
+
+    def wrap(name, describe):
+        fn = getattr(model, name, None)
+        if fn is None:
+            return
+
         def inner(*args, **kwargs):
             log.append(describe(*args, **kwargs))
             return fn(*args, **kwargs)
         setattr(model, name, inner)
+        wrapped.append(name)
 
-    wrap("compute_logits", model.compute_logits, lambda tok: (tok.shape[1], tok.shape[1], tok.shape[1]))
-    wrap("prefill", model.prefill, lambda tok, cache: (tok.shape[1], tok.shape[1], 0))
+    wrap("compute_logits", lambda tok: (tok.shape[1], tok.shape[1], tok.shape[1]))
+    wrap("prefill", lambda tok, cache: (tok.shape[1], tok.shape[1], 0))
     # decode / commit see the cached frames plus themselves; the reference decode attends over all T_max slots.
     # A decode with `commit` (B, S) or (B, n, S) is one forward over those frames and the decoded one, with the
     # head on the decoded frame only.
-    wrap("decode_logits", model.decode_logits, lambda frame, cache, commit=None: (
+    wrap("decode_logits", lambda frame, cache, commit=None: (
         1 + (0 if commit is None else commit.shape[1] if commit.dim() == 3 else 1), cache.max_frames, 1))
-    wrap("commit_frame", model.commit_frame, lambda frame, cache: (1, cache.max_frames, 0))
+    wrap("commit_frame", lambda frame, cache: (1, cache.max_frames, 0))
+    return wrapped
 
 
 def decode_run(args) -> None:
@@ -117,25 +135,35 @@ def run(args) -> None:
                                                   "random", g, args.window_stride)[0],
         "truncated": lambda g: genie_maskgit_generate(model, prompt, args.new_frames, args.steps, args.temperature,
                                                       "random", g, args.window_stride, truncated=True)[0],
+        "genie-reference": lambda g: genie_maskgit_generate(reference, prompt, args.new_frames, args.steps,
+                                                            args.temperature, "random", g, args.window_stride)[0],
     }
+    names = args.samplers.split(",")
+    unknown = sorted(set(names) - set(samplers))
+    if unknown:
+        raise SystemExit(f"--samplers: unknown {', '.join(unknown)}; choose from {', '.join(samplers)}")
+    reference = None
+    if "genie-reference" in names:  # the public GENIE model's math in plain PyTorch, with the same weights
+        reference = GenieSTMaskGIT(cfg.to_dict()).eval()
+        reference.load_state_dict(model.state_dict())
     results, all_times, round_times = {}, {}, []
     # A sampler named twice (e.g. "cached,genie,truncated,cached") runs before and after the slow ones, so that
     # load drift on a shared machine hits both sides; its median is over all its runs. With --rounds N the whole
     # list runs N times, and each round also gives its own ratios (load drifts less within a round than across).
-    names = args.samplers.split(",")
     for round_index, name in ((r, n) for r in range(args.rounds) for n in names):
         if len(round_times) == round_index:
             round_times.append({})
         times, log = all_times.setdefault(name, []), []
         first = len(times)
-        count_calls(model, log)
+        target = reference if name == "genie-reference" else model
+        wrapped = count_calls(target, log)
         for rep in range(args.reps if name != "cached" else max(args.reps, args.cached_reps)):
             log.clear()  # FLOPs of one run
             t0 = time.perf_counter()
             tokens = samplers[name](torch.Generator().manual_seed(2))
             times.append(time.perf_counter() - t0)
-        for attr in ("compute_logits", "prefill", "decode_logits", "commit_frame"):
-            delattr(model, attr)
+        for attr in wrapped:
+            delattr(target, attr)
         flops = sum(forward_flops(cfg, f, k, lg) for f, k, lg in log)
         frame_forwards = sum(f for f, _, _ in log)
         if name in results and not torch.equal(results[name][3], tokens):
@@ -150,14 +178,14 @@ def run(args) -> None:
           f"steps, window stride {args.window_stride}, temperature {args.temperature}; fp32, {torch.get_num_threads()} threads")
     print(f"FrameKVCache memory: {cache.nbytes / 2**20:.1f} MiB (K and V, {cfg.num_layers} x {tuple(cache.k.shape[1:])})")
     base = results.get("cached")
-    print(f"\n{'sampler':<10} {'s':>9} {'frames/s':>9} {'frame-fwds':>10} {'GFLOP':>9} {'cached speed-up':>16} "
+    print(f"\n{'sampler':<15} {'s':>9} {'frames/s':>9} {'frame-fwds':>10} {'GFLOP':>9} {'cached speed-up':>16} "
           f"{'FLOP ratio':>11} {'same tokens':>12}")
     for name, (sec, flops, fwd, tokens) in results.items():
         fps = args.batch * args.new_frames / sec
         speed = f"{sec / base[0]:.2f}x" if base else "-"
         ratio = f"{flops / base[1]:.2f}x" if base else "-"
         same = str(torch.equal(tokens, base[3])) if base and name != "cached" else "-"
-        print(f"{name:<10} {sec:>9.2f} {fps:>9.3f} {fwd:>10} {flops / 1e9:>9.1f} {speed:>16} {ratio:>11} {same:>12}")
+        print(f"{name:<15} {sec:>9.2f} {fps:>9.3f} {fwd:>10} {flops / 1e9:>9.1f} {speed:>16} {ratio:>11} {same:>12}")
     if args.rounds > 1 and base:
         print("\nper round (that round's medians), cached speed-up:")
         for i, rnd in enumerate(round_times):
@@ -176,7 +204,7 @@ def run(args) -> None:
         # Not run (too slow here): GENIE runs the whole T-frame window at every step of every frame.
         flops = args.new_frames * args.steps * forward_flops(cfg, cfg.T, cfg.T, cfg.T)
         fwd = args.new_frames * args.steps * cfg.T
-        print(f"{'genie':<10} {'not run':>9} {'-':>9} {fwd:>10} {flops / 1e9:>9.1f} {'-':>16} "
+        print(f"{'genie':<15} {'not run':>9} {'-':>9} {fwd:>10} {flops / 1e9:>9.1f} {'-':>16} "
               f"{flops / base[1]:>10.2f}x {'-':>12}")
 
 

@@ -22,6 +22,18 @@ def test_sampler_table_on_a_tiny_model():
     assert len(genie) == 1 and genie[0].split()[-1] == "True", out.stdout  # the same tokens
 
 
+def test_reference_model_sampler_and_unknown_names():
+    # genie-reference: GENIE's sampler on the plain-PyTorch reference model, timed and FLOP-counted like the others.
+    out = _run("--vocab", "16", "--prompt-frames", "2", "--new-frames", "2", "--samplers", "cached,genie-reference",
+               "--cached-reps", "1")
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines() if line.startswith("genie-reference ")]
+    assert len(rows) == 1 and rows[0][5].endswith("x"), out.stdout
+    assert int(rows[0][3]) == 2 * 2 * 4, out.stdout  # frame-forwards: new frames x steps x T
+    bad = _run("--samplers", "cached,public")
+    assert bad.returncode != 0 and "--samplers: unknown public; choose from" in bad.stderr
+
+
 def test_decode_run_mode():
     out = _run("--decode-run", "--cached-frames", "2", "--repeats", "2")
     assert out.returncode == 0, out.stderr
