@@ -7,7 +7,8 @@ cache's memory. Every number in a table comes from one run of this script (the b
 run). The samplers (`--samplers`, default cached,genie,truncated,cached):
 
     cached           maskgit_generate: the FrameKVCache sampler
-    genie            GENIE's uncached sampler (use_cache=False) on the same model and kernels: the issue's baseline
+    genie            GENIE's uncached sampler (use_cache=False) on the same model and kernels: the baseline of the
+                     speed-up targets
     truncated        the uncached sampler over frames 0..t only
     genie-reference  GENIE's uncached sampler on wmkernels.reference.genie.GenieSTMaskGIT with the same weights,
                      the public GENIE model's math in plain PyTorch (SDPA attention): what the public code runs

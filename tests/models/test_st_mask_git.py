@@ -270,6 +270,18 @@ def test_first_pass_on_cpu_is_the_decode_pass(qk_norm, monkeypatch):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
 
 
+def test_first_pass_with_autograd_stays_differentiable():
+    # With autograd on, the first pass into an empty cache is the layers' causal forward: the logits have gradients
+    # (the decode ops, inference-only, would raise at backward).
+    model = tiny_model(seed=8)
+    cfg = model.config
+    prompt = torch.randint(0, cfg.image_vocab_size, (1, 3, cfg.S), generator=torch.Generator().manual_seed(3))
+    logits = model.decode_logits(torch.full((1, cfg.S), cfg.mask_token_id), model.new_cache(1), commit=prompt)
+    logits.square().mean().backward()
+    grad = model.decoder.layers[0].temporal_attn.qkv.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
 def test_decode_with_commit_bad_arguments():
     model = tiny_model()
     cfg = model.config

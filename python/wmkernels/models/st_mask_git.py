@@ -181,11 +181,12 @@ class STMaskGIT(nn.Module):
         cache.check_free_slot("decode_logits", commits=n)
         # Only `frame`'s rows leave the last layer: the committed frames' output projections and MLP there are
         # skipped (their K/V are all that is kept). Into an empty cache the pass is causal over frames 0 .. n; on CPU
-        # it runs as the decode pass at slot 0 (frame i attends to slots 0 .. i: the same attention), which takes the
-        # whole stack as one C++ op where the causal forward goes layer by layer in Python with the qk LayerNorm
-        # and the cache writes as separate ops (a sampler run with GENIE-35M's 8-frame prompt, 2 threads: ~2%
-        # faster; see BENCHMARKS.md). Elsewhere it is the causal forward, as prefill runs it.
-        if n and cache.host_frames == 0 and frames.device.type != "cpu":
+        # without autograd it runs as the decode pass at slot 0 (frame i attends to slots 0 .. i: the same
+        # attention), which takes the whole stack as one C++ op where the causal forward goes layer by layer in
+        # Python with the qk LayerNorm and the cache writes as separate ops (a sampler run with GENIE-35M's 8-frame
+        # prompt, 2 threads: ~2% faster; see BENCHMARKS.md). Elsewhere it is the causal forward, as prefill runs it
+        # (differentiable, where the decode ops are inference-only).
+        if n and cache.host_frames == 0 and (frames.device.type != "cpu" or torch.is_grad_enabled()):
             out = self._causal_pass(frames, cache, n, last_only=True)
         else:
             out = self._decode_pass(frames, cache, n, last_only=True)
