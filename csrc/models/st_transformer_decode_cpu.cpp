@@ -76,9 +76,10 @@ at::Tensor st_transformer_decode(const at::Tensor& x_in, const c10::List<OptTens
                                  bool need_output, bool last_only) {
   const char* op = "st_transformer_decode";
   // Nothing here is differentiable: the ops below record no graph, as the module path runs them under no_grad /
-  // inference_mode. (Not AutoDispatchBelowADInplaceOrView: under it aten::matmul stops folding a (B, n, S, C) input
-  // into one mm and takes bmm, which rounds differently from the module path.)
-  at::NoGradGuard no_grad;
+  // inference_mode. The op's Autograd kernel (common/inference_only.h) runs it with grad mode off, and inference
+  // mode turns it off too. (Grad mode off, not AutoDispatchBelowADInplaceOrView, for the ops called here: under the
+  // latter aten::matmul stops folding a (B, n, S, C) input into one mm and takes bmm, which rounds differently from
+  // the module path.)
   TORCH_CHECK_VALUE(x_in.dim() == 4, op, ": x must be (B, n, S, C), got shape ", x_in.sizes());
   const int64_t b = x_in.size(0), n = x_in.size(1), s = x_in.size(2), c = x_in.size(3);
   TORCH_CHECK_VALUE(n >= 1, op, ": x holds no frame, shape ", x_in.sizes());

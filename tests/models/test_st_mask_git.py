@@ -6,6 +6,7 @@ import torch
 
 from tests.models.helpers import tiny_config, tiny_model
 from wmkernels.models import CheckpointError, STMaskGIT, STMaskGITConfig
+from wmkernels.nn import STTransformer
 from wmkernels.nn._layout import is_column_major, store_linear_weights_column_major
 from wmkernels.reference.genie import GenieSTMaskGIT
 
@@ -247,8 +248,6 @@ def test_decode_with_commit_equals_commit_then_decode(qk_norm, cached_before, n_
 def test_first_pass_on_cpu_is_the_decode_pass(qk_norm, monkeypatch):
     # Into an empty cache on CPU, decode_logits(frame, cache, commit=prompt) runs the decode pass at slot 0 (the
     # fused op), not the layers' causal forward; it stores the K/V and gives the logits of prefill-then-decode.
-    from wmkernels.nn import STTransformer
-
     model = tiny_model(seed=7, qk_norm=qk_norm)
     cfg = model.config
     g = torch.Generator().manual_seed(2)
