@@ -8,6 +8,7 @@
 #include <string>
 
 #include "common/inference_only.h"
+#include "linear/mkl_pack.h"
 #include "linear/packed_linear.h"
 
 TORCH_LIBRARY(wmk, m) {
@@ -60,10 +61,14 @@ TORCH_LIBRARY(wmk, m) {
   m.def("frame_decode_step(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor num_frames, "
         "float scale, Tensor? qk_norm_weight=None, Tensor? qk_norm_bias=None, float qk_norm_eps=1e-05) -> Tensor");
 
-  // Linear (csrc/linear/): nn.Linear's x @ W^T + bias with W packed once (pack_linear_weight); linear_prepacked
-  // is at::linear itself off the CPU, for non-float32 tensors, on CPUs without AVX2+FMA, or without `packed`.
+  // Linear (csrc/linear/): nn.Linear's x @ W^T + bias with W packed once (pack_linear_weight, or
+  // pack_linear_weight_mkl below); linear_prepacked is at::linear itself off the CPU, for non-float32 tensors, on CPUs
+  // without AVX2+FMA (for pack_linear_weight's panels), or without `packed`.
   m.def("pack_linear_weight(Tensor weight) -> Tensor");
   m.def("linear_prepacked(Tensor x, Tensor weight, Tensor? bias, Tensor? packed) -> Tensor");
+  // The weight in MKL's packed-sgemm layout (CPU, torch built with MKL; csrc/linear/mkl_pack.h), a 1-D uint8 tensor
+  // that linear_prepacked also takes as `packed`: MKL's packed product for 64 .. 1,024 rows, at::linear otherwise.
+  m.def("pack_linear_weight_mkl(Tensor weight) -> Tensor");
 
   // Models (csrc/models/): the cached sampler's pass through a whole GENIE STTransformer in one call, frames
   // x (B, n, S, C) at slots position .. position + n - 1 of the per-layer caches (num_layers, B, T_max, S, H, D);
@@ -129,4 +134,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info, "How this extension was built: torch, CUDA, CPU features, OpenMP");
   m.def("packed_linear_available", &wmk::linear::cpu::avx2_usable,
         "Whether wmk::linear_prepacked has a packed kernel for this CPU (AVX2+FMA)");
+  m.def("mkl_packed_linear_exported", &wmk::linear::mkl::exported,
+        "Whether this torch exports MKL's packed sgemm (checks symbols only; runs nothing)");
+  m.def("mkl_packed_linear_available", &wmk::linear::mkl::available,
+        "Whether this torch has MKL's packed sgemm and it passed the extension's check (pack_linear_weight_mkl)");
+  m.def("mkl_packed_bytes", &wmk::linear::mkl::packed_bytes,
+        "MKL's byte count for a packed (out_features, in_features) weight, header excluded (0 without MKL)");
 }

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 
 from wmkernels import ops, reference
+from wmkernels.ops.linear import mkl_packed_linear_available
 
 
 def _tokens() -> tuple[bool, str]:
@@ -130,7 +131,16 @@ def _linear() -> tuple[bool, str]:
     err = (got.double() - want).abs().max()
     ref_err = (torch.nn.functional.linear(x, weight, bias).double() - want).abs().max()
     ok = got.shape == want.shape and bool(err <= 2 * ref_err)
-    return ok, "linear_prepacked (14 rows, 33 -> 17 features, packed weight) within 2x torch's fp32 error"
+    what = "linear_prepacked (14 rows, 33 -> 17 features, packed weight) within 2x torch's fp32 error"
+    if not mkl_packed_linear_available():
+        return ok, what + "; MKL's packed sgemm: not in this torch"
+    x = torch.randn(70, 33, generator=_gen())  # 70 rows: MKL's packed product (64 .. 1,024 rows)
+    got = ops.linear_prepacked(x, weight, bias, ops.pack_linear_weight_mkl(weight))
+    want = torch.nn.functional.linear(x.double(), weight.double(), bias.double())
+    err = (got.double() - want).abs().max()
+    ref_err = (torch.nn.functional.linear(x, weight, bias).double() - want).abs().max()
+    ok = ok and got.shape == want.shape and bool(err <= 2 * ref_err)
+    return ok, what + "; with MKL's packing (70 rows) too"
 
 
 #: family name -> (ops it exercises, check returning (passed, description))
@@ -144,7 +154,7 @@ CHECKS: dict[str, tuple[tuple[str, ...], Callable[[], tuple[bool, str]]]] = {
                    "wmk::spatial_attention_qkv_backward", "wmk::temporal_attention_qkv",
                    "wmk::temporal_attention_qkv_backward", "wmk::frame_decode_attention", "wmk::frame_decode_step"),
                   _attention),
-    "linear": (("wmk::pack_linear_weight", "wmk::linear_prepacked"), _linear),
+    "linear": (("wmk::pack_linear_weight", "wmk::pack_linear_weight_mkl", "wmk::linear_prepacked"), _linear),
     "models": (("wmk::st_transformer_decode",), _st_transformer),
 }
 

@@ -11,7 +11,7 @@ import torch
 from wmkernels.nn import FrameKVCache, SelfAttention, STTransformer, packed_linear
 
 D_MODEL, HEADS, LAYERS = 32, 4, 3
-B, T, S = 2, 6, 5
+B, T, S = 2, 6, 33  # a frame is B * S = 66 rows: MKL's packed product serves 64 .. 1,024 (nn.packed_linear)
 
 
 def _model(seed=0, dtype=torch.float32, **kwargs):
@@ -53,12 +53,16 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(params=[True, False], ids=["packed", "mkl"])
+@pytest.fixture(params=["panels", "mkl", None], ids=["panels", "mkl_packed", "unpacked"])
 def packed_linears(request, monkeypatch):
-    """The Linears through the packed kernel (wmkernels.nn.packed_linear) or all through MKL."""
-    if request.param and not packed_linear.packed_linear_available():
+    """The Linears through each packing (wmkernels.nn.packed_linear): the package's panels, MKL's packed product, or
+    none (all through F.linear)."""
+    if request.param == "panels" and not packed_linear.packed_linear_available():
         pytest.skip("no AVX2+FMA packed Linear kernel on this CPU")
-    monkeypatch.setattr(packed_linear, "enabled", request.param)
+    if request.param == "mkl" and not packed_linear.mkl_packed_linear_available():
+        pytest.skip("this torch has no MKL packed sgemm")
+    monkeypatch.setattr(packed_linear, "kind", request.param)
+    monkeypatch.setattr(packed_linear, "enabled", request.param is not None)
     return request.param
 
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from wmkernels.nn import Mlp, SelfAttention, packed_linear
-from wmkernels.ops import linear_prepacked, pack_linear_weight
-from wmkernels.ops.linear import packed_linear_available
+from wmkernels.ops import linear_prepacked, pack_linear_weight, pack_linear_weight_mkl
+from wmkernels.ops.linear import mkl_packed_linear_available, packed_linear_available
 
 needs_kernel = pytest.mark.skipif(not packed_linear_available(),
                                   reason="this CPU (or build) has no AVX2+FMA packed kernel: linear_prepacked is "
@@ -94,17 +94,24 @@ def test_matches_reference_within_twice_torch_error(isa, lead, k, n, bias):
 
 
 @needs_kernel
-def test_strided_inputs(isa):
-    weight, bias = _weights(40, 24)
-    packed = pack_linear_weight(weight.t().contiguous().t())  # a column-major weight packs to the same panels
-    assert torch.equal(packed, pack_linear_weight(weight))
-    base = torch.randn(5, 24, 9, generator=_gen())
-    for x in (base.transpose(1, 2), base[:, :, ::2].transpose(1, 2), torch.randn(3, 48, generator=_gen())[:, ::2],
-              torch.randn(1, 24, generator=_gen()).expand(6, 24)):
+def _check_strided_inputs(packed, weight, bias, positions):
+    """Transposed, sliced and broadcast x (positions to 2 x positions rows, in_features 24): the contiguous x's
+    result, within the 2x rule."""
+    base = torch.randn(2, 24, positions, generator=_gen())
+    for x in (base.transpose(1, 2), base[:, :, ::2].transpose(1, 2),
+              torch.randn(positions, 48, generator=_gen())[:, ::2],
+              torch.randn(1, 24, generator=_gen()).expand(positions, 24)):
         got = linear_prepacked(x, weight, bias, packed)
         assert torch.equal(got, linear_prepacked(x.contiguous(), weight, bias, packed))
         err, ref_err = _errors(got, x, weight, bias)
         assert err <= 2 * ref_err
+
+
+def test_strided_inputs(isa):
+    weight, bias = _weights(40, 24)
+    packed = pack_linear_weight(weight.t().contiguous().t())  # a column-major weight packs to the same panels
+    assert torch.equal(packed, pack_linear_weight(weight))
+    _check_strided_inputs(packed, weight, bias, 6)
 
 
 @needs_kernel
@@ -207,11 +214,116 @@ def test_bad_arguments_name_what_is_wrong():
         pack_linear_weight(torch.randn(2, 3, 4))
 
 
+# ---- MKL's packed product (pack_linear_weight_mkl) ----------------------------------------------------------------
+
+needs_mkl = pytest.mark.skipif(not mkl_packed_linear_available(),
+                               reason="this torch has no MKL packed sgemm (x86-64 builds with MKL have it)")
+MKL_MIN_ROWS, MKL_MAX_ROWS = 64, 1024  # csrc/linear/mkl_pack.h
+# (rows, in_features, out_features): GENIE's products at the sampler's row counts, the range's ends, odd sizes.
+MKL_SHAPES = [(256, 256, 768), (512, 1024, 256), (64, 33, 17), (1024, 256, 1024), (97, 1000, 40), (300, 5, 3)]
+
+
+@needs_mkl
+@pytest.mark.parametrize("m,k,n", MKL_SHAPES, ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("order", ["row_major", "column_major"])
+def test_mkl_matches_reference_within_twice_torch_error(m, k, n, bias, order):
+    x = torch.randn(m, k, generator=_gen())
+    weight, b = _weights(n, k, bias)
+    stored = weight if order == "row_major" else weight.t().contiguous().t()  # the GENIE layers' order
+    original = x.clone(), weight.clone()
+    got = linear_prepacked(x, stored, b, pack_linear_weight_mkl(stored))
+    assert got.shape == (m, n) and got.dtype == torch.float32 and got.is_contiguous()
+    err, ref_err = _errors(got, x, weight, b)
+    assert err <= 2 * ref_err, f"max error {err} against torch's fp32 {ref_err}"
+    assert torch.equal(x, original[0]) and torch.equal(weight, original[1]), "an input was modified"
+
+
+@needs_mkl
+@pytest.mark.parametrize("rows", [1, 5, MKL_MIN_ROWS - 1, MKL_MAX_ROWS + 1, 2304])
+def test_mkl_other_row_counts_are_torch_linear(rows):
+    """Outside 64 .. 1,024 rows the product is F.linear itself (MKL's plain sgemm is as fast or more accurate)."""
+    weight, bias = _weights(256, 1024)
+    x = torch.randn(rows, 1024, generator=_gen())
+    assert torch.equal(linear_prepacked(x, weight, bias, pack_linear_weight_mkl(weight)), F.linear(x, weight, bias))
+
+
+@needs_mkl
+def test_mkl_rows_are_independent_of_row_count_and_threads():
+    """Within the range a row's result depends on neither the number of rows nor the threads: the sampler's one- and
+    two-frame passes agree bitwise."""
+    weight, bias = _weights(256, 1024)
+    packed = pack_linear_weight_mkl(weight)
+    x = torch.randn(MKL_MAX_ROWS, 1024, generator=_gen())
+    full = linear_prepacked(x, weight, bias, packed)
+    for rows in (MKL_MIN_ROWS, 100, 256, 512):
+        assert torch.equal(linear_prepacked(x[:rows], weight, bias, packed), full[:rows])
+    with _threads(1):
+        assert torch.equal(linear_prepacked(x, weight, bias, packed), full)
+        packed_on_one = pack_linear_weight_mkl(weight)
+    assert torch.equal(linear_prepacked(x, weight, bias, packed_on_one), full)
+
+
+@needs_mkl
+def test_mkl_strided_inputs():
+    weight, bias = _weights(40, 24)
+    _check_strided_inputs(pack_linear_weight_mkl(weight), weight, bias, 70)  # 70 to 140 rows: MKL's packed path
+
+
+@needs_mkl
+def test_mkl_copy_of_the_packing_falls_back_to_torch_linear():
+    """MKL's packing is valid only where it was written (a copy gave wrong results, or a crash): a copied packing
+    is detected and the product is F.linear's."""
+    weight, bias = _weights(256, 1024)
+    x = torch.randn(256, 1024, generator=_gen())
+    packed = pack_linear_weight_mkl(weight)
+    for copy in (packed.clone(), torch.empty(packed.numel() + 64, dtype=torch.uint8)[64:].copy_(packed)):
+        assert torch.equal(linear_prepacked(x, weight, bias, copy), F.linear(x, weight, bias))
+    err, ref_err = _errors(linear_prepacked(x, weight, bias, packed), x, weight, bias)  # the original still serves
+    assert err <= 2 * ref_err
+
+
+@needs_mkl
+def test_mkl_bad_arguments_name_what_is_wrong():
+    weight, bias = _weights(40, 24)
+    packed = pack_linear_weight_mkl(weight)
+    x = torch.randn(70, 24)
+    with pytest.raises(ValueError, match=r"packed is pack_linear_weight_mkl of a \(40, 20\) weight, but weight is "
+                                         r"\(40, 24\)"):
+        linear_prepacked(x, weight, bias, pack_linear_weight_mkl(weight[:, :20].contiguous()))
+    with pytest.raises(ValueError, match=f"packed holds {packed.numel() - 1} bytes, expected {packed.numel()}"):
+        linear_prepacked(x, weight, bias, packed[:-1])
+    with pytest.raises(ValueError, match="pack_linear_weight_mkl: weight must be float32, got Double"):
+        pack_linear_weight_mkl(weight.double())
+    with pytest.raises(ValueError, match=r"pack_linear_weight_mkl: weight must be \(out_features, in_features\)"):
+        pack_linear_weight_mkl(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="pack_linear_weight_mkl: weight must have 1 to"):
+        pack_linear_weight_mkl(torch.randn(0, 3))
+
+
+@needs_mkl
+def test_mkl_opcheck_and_compile():
+    weight, bias = _weights(40, 24)
+    x = torch.randn(2, 50, 24, generator=_gen())  # 100 rows: MKL's packed product
+    # Not test_aot_dispatch_dynamic for the packing: its bytes record the buffer's address (MKL's packing is valid
+    # only there), so two runs never give equal bytes. Its fake kernel's size is checked against the real one.
+    torch.library.opcheck(torch.ops.wmk.pack_linear_weight_mkl, (weight,),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    packed = pack_linear_weight_mkl(weight)
+    packs = torch.compile(lambda w: torch.ops.wmk.pack_linear_weight_mkl(w), fullgraph=True)(weight)
+    assert packs.shape == packed.shape and packs.dtype == torch.uint8
+    assert torch.equal(linear_prepacked(x, weight, bias, packs), linear_prepacked(x, weight, bias, packed))
+    torch.library.opcheck(torch.ops.wmk.linear_prepacked, (x, weight, bias, packed))
+    compiled = torch.compile(lambda x: torch.ops.wmk.linear_prepacked(x, weight, bias, packed), fullgraph=True)
+    assert torch.equal(compiled(x), linear_prepacked(x, weight, bias, packed))
+
+
 # ---- the layers' rule (wmkernels.nn.packed_linear) ---------------------------------------------------------------
 
 @pytest.fixture
 def packed_layers(monkeypatch):
-    """The layers' packed path switched on (it is off by default on AVX-512 CPUs)."""
+    """The layers' packed path with the package's panels (on AVX-512 CPUs the default is MKL's packing)."""
+    monkeypatch.setattr(packed_linear, "kind", "panels")
     monkeypatch.setattr(packed_linear, "enabled", True)
 
 
@@ -295,3 +407,42 @@ def test_refuses_autograd():
         linear_prepacked(x, weight, bias, pack_linear_weight(weight))
     with torch.no_grad():
         assert linear_prepacked(x, weight, bias, pack_linear_weight(weight)).shape == (3, 8)
+
+
+@needs_mkl
+def test_layers_use_mkl_packing_where_it_is_the_kind(monkeypatch):
+    monkeypatch.setattr(packed_linear, "kind", "mkl")
+    monkeypatch.setattr(packed_linear, "enabled", True)
+    torch.manual_seed(0)
+    mlp = Mlp(256, mlp_ratio=4.0)
+    x = torch.randn(1, 256, 256)
+    with torch.no_grad():
+        fc1, fc2 = mlp.fc1, mlp.fc2
+        hidden = F.gelu(linear_prepacked(x, fc1.weight, fc1.bias, pack_linear_weight_mkl(fc1.weight)))
+        want = linear_prepacked(hidden, fc2.weight, fc2.bias, pack_linear_weight_mkl(fc2.weight))
+        assert torch.equal(mlp(x), want)
+        assert not torch.equal(want, fc2(F.gelu(fc1(x))))  # fc2 (k = 1,024) is not F.linear's bitwise: MKL's ran
+
+
+def test_import_runs_nothing_that_a_fork_breaks():
+    """Importing the layers must not run MKL or start torch's threads (the MKL check waits for the first product):
+    a process that forks after importing (a forkserver) must get workers that can multiply. GNU OpenMP's threads do
+    not survive a fork, so a worker forked after they started would hang in its first parallel product."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, torch\n"
+        "from wmkernels.nn import Mlp, packed_linear\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    torch.manual_seed(0)\n"
+        "    mlp = Mlp(256, mlp_ratio=4.0)\n"
+        "    with torch.no_grad():\n"
+        "        mlp(torch.randn(1, 256, 256))\n"
+        "    os._exit(0)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "raise SystemExit(os.waitstatus_to_exitcode(status))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -92,6 +92,19 @@ def linear_case(bias):
     return fn, [x, w]
 
 
+def mkl_linear_case():
+    """MKL's packing and its product (600 rows, k = 1,024: MKL's packed path). The packing's own bytes record its
+    address (MKL's packing is valid only there), so the case compares what it computes."""
+    if not wmkernels.ops.linear.mkl_packed_linear_available():
+        pytest.skip("this torch has no MKL packed sgemm")
+    x, w, b = torch.randn(600, 1024, generator=gen(0)), torch.randn(256, 1024, generator=gen(1)), torch.randn(256)
+
+    def fn(x, w):
+        with torch.no_grad():
+            return wmkernels.ops.linear_prepacked(x, w, b, wmkernels.ops.pack_linear_weight_mkl(w))
+    return fn, [x, w]
+
+
 CASES = {
     "factorize_tokens": lambda: (wmkernels.factorize_tokens, [torch.randint(0, 2**18, (64, 1024), generator=gen(0))]),
     "unfactorize_tokens": lambda: (wmkernels.unfactorize_tokens, [torch.randint(0, 512, (64, 1024, 2), generator=gen(0))]),
@@ -124,6 +137,7 @@ CASES = {
     "pack_linear_weight": lambda: (wmkernels.ops.pack_linear_weight, [torch.randn(200, 96, generator=gen(0))]),
     "linear_prepacked": lambda: linear_case(True),
     "linear_prepacked_no_bias": lambda: linear_case(False),
+    "pack_linear_weight_mkl": mkl_linear_case,
 }
 
 

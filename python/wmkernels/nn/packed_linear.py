@@ -4,17 +4,22 @@
 where `enabled` is set: there it runs `wmk::linear_prepacked` with the Linear's weight packed once (see
 wmkernels.ops.linear). Every path of the layers goes through it (the full forward, the sampler's prefill and decode
 passes, and wmk::st_transformer_decode, which gets the packed weights from `packed_weight`), so all of them compute
-the same numbers.
+the same numbers for the same rows.
 
-`enabled` defaults to True on CPUs with AVX2+FMA and without AVX-512F. Against MKL's sgemm over GENIE-35M's products at
-2 threads: on a Zen 3 (AVX2) the packed kernel measured 1.12-1.19x at 256 rows; on an Intel Xeon with AVX-512, where MKL
-runs its AVX-512 code, the packed AVX-512 kernel ran 0.90-1.0x at 256 rows and 0.88x at 4,096 (BENCHMARKS.md), so the
-layers keep MKL there unless you set `enabled = True`.
+Which packing (`kind`):
+- "panels" (`pack_linear_weight`, the package's AVX2 / AVX-512 kernel) on CPUs with AVX2+FMA and without AVX-512F.
+  Against MKL's sgemm over GENIE-35M's products at 2 threads, on a Zen 3 (AVX2) it measured 1.12-1.19x at 256 rows.
+- "mkl" (`pack_linear_weight_mkl`: MKL's own packed product for 64 to 1,024 rows, F.linear for other counts) on
+  CPUs with AVX-512F where torch has MKL. There MKL's AVX-512 code beats the panels (0.90-1.0x at 256 rows, 0.88x at
+  4,096), and its packed product skips the weight copy its plain sgemm makes at every call: on an Intel Xeon VM, the
+  cached sampler ran 1.035x faster with it (BENCHMARKS.md), GENIE's 16-frame forward (4,096 rows) unchanged.
+- None (`enabled` False): every Linear runs torch.nn.functional.linear.
 
-The packed copy costs as much memory as the weight (for GENIE-35M's 32 layers, 128 MiB). It is made the first time a
-Linear runs on this path and remade when the weight changes (a new tensor, or an in-place update such as
-load_state_dict or an optimizer step, seen through the tensor's version counter). Weights that are inference tensors
-(created under torch.inference_mode) have no version counter and keep nn.Linear. `clear()` drops the copies.
+The packed copy costs about as much memory as the weight (for GENIE-35M's 32 layers, 128 MiB resident; MKL's buffers
+also reserve a few MiB of address space each that is never written). It is made the first time a Linear runs on this
+path and remade when the weight changes (a new tensor, or an in-place update such as load_state_dict or an optimizer
+step, seen through the tensor's version counter) or `kind` does. Weights that are inference tensors (created under
+torch.inference_mode) have no version counter and keep nn.Linear. `clear()` drops the copies.
 """
 from __future__ import annotations
 
@@ -24,14 +29,31 @@ import torch
 from torch import nn
 
 from wmkernels._extension import build_info
-from wmkernels.ops.linear import pack_linear_weight, packed_linear_available
+from wmkernels.ops.linear import (mkl_packed_linear_available, mkl_packed_linear_exported, pack_linear_weight,
+                                  pack_linear_weight_mkl, packed_linear_available)
 
-_AVAILABLE = packed_linear_available()
+_AVX512 = "avx512f" in build_info()["cpu_features"]
+_PACKERS = {"panels": pack_linear_weight, "mkl": pack_linear_weight_mkl}
 
-#: Whether the layers use the packed kernel (False: every Linear runs torch.nn.functional.linear, i.e. MKL).
-enabled: bool = _AVAILABLE and "avx512f" not in build_info()["cpu_features"]
-# id(weight) -> (weak reference to the weight, its version when packed, its data pointer, the packed tensor). Keyed
-# by id (a WeakKeyDictionary would compare tensors with ==); the entry goes when the weight does.
+
+def _default_kind() -> str | None:
+    # Nothing here may run MKL or start torch's threads: importing the package must stay safe before a fork (a
+    # forkserver imports it, then forks workers). MKL's own check (mkl_packed_linear_available) runs at the first
+    # product, in `_usable`.
+    if packed_linear_available() and not _AVX512:
+        return "panels"
+    if _AVX512 and mkl_packed_linear_exported():
+        return "mkl"
+    return None
+
+
+#: Which packing the layers use: "panels", "mkl" or None (see above). "panels" needs packed_linear_available(),
+#: "mkl" mkl_packed_linear_available() (where that check fails, the layers run F.linear).
+kind: str | None = _default_kind()
+#: Whether the layers use a packed weight at all (False: every Linear runs torch.nn.functional.linear, i.e. MKL).
+enabled: bool = kind is not None
+# id(weight) -> (weak reference to the weight, (its version, kind) when packed, its data pointer, the packed tensor).
+# Keyed by id (a WeakKeyDictionary would compare tensors with ==); the entry goes when the weight does.
 _PACKED: dict[int, tuple] = {}
 
 
@@ -43,8 +65,9 @@ def clear() -> None:
 def _usable(weight: torch.Tensor) -> bool:
     # Not an inference tensor (made under torch.inference_mode): it has no version counter, so an in-place update
     # could not be seen and the copy could go stale; such weights keep nn.Linear.
-    return (enabled and _AVAILABLE and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and weight.dim() == 2 and not weight.is_inference())
+    return (enabled and kind in _PACKERS and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and weight.dim() == 2 and not weight.is_inference()
+            and (kind != "mkl" or mkl_packed_linear_available()))
 
 
 def packed_weight(weight: torch.Tensor) -> torch.Tensor | None:
@@ -54,11 +77,11 @@ def packed_weight(weight: torch.Tensor) -> torch.Tensor | None:
     key = id(weight)
     entry = _PACKED.get(key)
     version, ptr = weight._version, weight.data_ptr()
-    if entry is not None and entry[0]() is weight and entry[1] == version and entry[2] == ptr:
+    if entry is not None and entry[0]() is weight and entry[1] == (version, kind) and entry[2] == ptr:
         return entry[3]
     with torch.inference_mode(False), torch.no_grad():
-        packed = pack_linear_weight(weight.detach())
-    _PACKED[key] = (weakref.ref(weight, lambda _, key=key: _forget(key)), version, ptr, packed)
+        packed = _PACKERS[kind](weight.detach())
+    _PACKED[key] = (weakref.ref(weight, lambda _, key=key: _forget(key)), (version, kind), ptr, packed)
     return packed
 
 

@@ -5,7 +5,7 @@ from wmkernels.ops.attention import frame_decode_attention, frame_decode_step, s
 from wmkernels.ops.attention import spatial_attention_qkv, temporal_attention_qkv
 from wmkernels.ops.fsq import fsq_decode, fsq_quantize
 from wmkernels.ops.lfq import lfq_decode, lfq_encode, lfq_entropy_loss
-from wmkernels.ops.linear import linear_prepacked, pack_linear_weight
+from wmkernels.ops.linear import linear_prepacked, pack_linear_weight, pack_linear_weight_mkl
 from wmkernels.ops import st_transformer  # noqa: F401  (the fake kernel of wmk::st_transformer_decode)
 from wmkernels.ops.tokens import factorize_tokens, unfactorize_tokens
 from wmkernels.ops.vq import vq_decode, vq_encode
@@ -23,6 +23,7 @@ __all__ = [
     "lfq_entropy_loss",
     "linear_prepacked",
     "pack_linear_weight",
+    "pack_linear_weight_mkl",
     "spatial_attention",
     "spatial_attention_qkv",
     "temporal_attention",
