@@ -183,5 +183,9 @@ std::optional<at::Tensor> linear(const at::Tensor& x, int64_t n, int64_t k, cons
 }
 
 TORCH_LIBRARY_IMPL(wmk, CPU, m) { m.impl("pack_linear_weight_mkl", &pack_linear_weight_mkl); }
+#ifdef WMK_WITH_CUDA
+// MKL's packing is for CPU products: a CUDA weight gets the op's error naming its device.
+TORCH_LIBRARY_IMPL(wmk, CUDA, m) { m.impl("pack_linear_weight_mkl", &pack_linear_weight_mkl); }
+#endif
 
 }  // namespace wmk::linear::mkl
