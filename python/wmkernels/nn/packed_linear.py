@@ -12,7 +12,7 @@ Which packing (`kind`):
 - "mkl" (`pack_linear_weight_mkl`: MKL's own packed product for 64 to 1,024 rows, F.linear for other counts) on
   CPUs with AVX-512F where torch has MKL. There MKL's AVX-512 code beats the panels (0.90-1.0x at 256 rows, 0.88x at
   4,096), and its packed product skips the weight copy its plain sgemm makes at every call: on an Intel Xeon VM, the
-  cached sampler ran 1.035x faster with it (BENCHMARKS.md), GENIE's 16-frame forward (4,096 rows) unchanged.
+  cached sampler ran 1.03x faster with it (BENCHMARKS.md), GENIE's 16-frame forward (4,096 rows) unchanged.
 - None (`enabled` False): every Linear runs torch.nn.functional.linear.
 
 The packed copy costs about as much memory as the weight (for GENIE-35M's 32 layers, 128 MiB resident; MKL's buffers
