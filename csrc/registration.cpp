@@ -107,6 +107,16 @@ py::list cpu_features() {
   return features;
 }
 
+// "intel", "amd" or "other" (x86 CPUs by their CPUID vendor; "other" elsewhere).
+std::string cpu_vendor() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_is("intel")) return "intel";
+  if (__builtin_cpu_is("amd")) return "amd";
+#endif
+  return "other";
+}
+
 py::dict build_info() {
   py::dict info;
   info["torch_version"] = WMK_TORCH_VERSION;
@@ -123,6 +133,7 @@ py::dict build_info() {
   info["cxx_standard"] = static_cast<long>(__cplusplus);
   info["native_build"] = WMK_NATIVE == 1;
   info["cpu_features"] = cpu_features();
+  info["cpu_vendor"] = cpu_vendor();
   info["openmp_max_threads"] = omp_get_max_threads();
   return info;
 }

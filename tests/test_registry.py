@@ -36,6 +36,7 @@ def test_build_info_and_show_config():
     assert info["torch_version"] == torch.__version__
     assert info["openmp_max_threads"] >= 1
     assert isinstance(info["cpu_features"], list)
+    assert info["cpu_vendor"] in ("intel", "amd", "other")
     out = io.StringIO()
     wmkernels.show_config(file=out)
     text = out.getvalue()

@@ -10,10 +10,12 @@ Which packing (`kind`):
 - "panels" (`pack_linear_weight`, the package's AVX2 / AVX-512 kernel) on CPUs with AVX2+FMA and without AVX-512F.
   Against MKL's sgemm over GENIE-35M's products at 2 threads, on a Zen 3 (AVX2) it measured 1.12-1.19x at 256 rows.
 - "mkl" (`pack_linear_weight_mkl`: MKL's own packed product for 64 to 1,024 rows, F.linear for other counts) on
-  CPUs with AVX-512F where torch has MKL. There MKL's AVX-512 code beats the panels (0.90-1.0x at 256 rows, 0.88x at
-  4,096), and its packed product skips the weight copy its plain sgemm makes at every call: on an Intel Xeon VM, the
-  cached sampler ran 1.03x faster with it (BENCHMARKS.md), GENIE's 16-frame forward (4,096 rows) unchanged.
-- None (`enabled` False): every Linear runs torch.nn.functional.linear.
+  Intel CPUs with AVX-512F where torch has MKL. There MKL's AVX-512 code beats the panels (0.90-1.0x at 256 rows,
+  0.88x at 4,096), and its packed product skips the weight copy its plain sgemm makes at every call: on an Intel Xeon
+  VM, the cached sampler ran 1.03x faster with it (BENCHMARKS.md), GENIE's 16-frame forward (4,096 rows) unchanged.
+- None (`enabled` False): every Linear runs torch.nn.functional.linear. The default on other AVX-512 CPUs (AMD Zen
+  4), where neither packing was measured faster than MKL's plain sgemm; set `kind = "mkl"` and `enabled = True` to
+  try MKL's packing there.
 
 The packed copy costs about as much memory as the weight (for GENIE-35M's 32 layers, 128 MiB resident; MKL's buffers
 also reserve a few MiB of address space each that is never written). It is made the first time a Linear runs on this
@@ -33,6 +35,7 @@ from wmkernels.ops.linear import (mkl_packed_linear_available, mkl_packed_linear
                                   pack_linear_weight_mkl, packed_linear_available)
 
 _AVX512 = "avx512f" in build_info()["cpu_features"]
+_INTEL = build_info()["cpu_vendor"] == "intel"
 _PACKERS = {"panels": pack_linear_weight, "mkl": pack_linear_weight_mkl}
 
 
@@ -42,7 +45,7 @@ def _default_kind() -> str | None:
     # product, in `_usable`.
     if packed_linear_available() and not _AVX512:
         return "panels"
-    if _AVX512 and mkl_packed_linear_exported():
+    if _AVX512 and _INTEL and mkl_packed_linear_exported():  # measured on an Intel Xeon only (see above)
         return "mkl"
     return None
 
