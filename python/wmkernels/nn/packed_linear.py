@@ -14,7 +14,7 @@ Which packing (`kind`):
   0.88x at 4,096), and its packed product skips the weight copy its plain sgemm makes at every call: on an Intel Xeon
   VM, the cached sampler ran 1.03x faster with it (BENCHMARKS.md), GENIE's 16-frame forward (4,096 rows) unchanged.
 - None (`enabled` False): every Linear runs torch.nn.functional.linear. The default on other AVX-512 CPUs (AMD Zen
-  4), where neither packing was measured faster than MKL's plain sgemm; set `kind = "mkl"` and `enabled = True` to
+  4), where neither packing has been measured against MKL's plain sgemm; set `kind = "mkl"` and `enabled = True` to
   try MKL's packing there.
 
 The packed copy costs about as much memory as the weight (for GENIE-35M's 32 layers, 128 MiB resident; MKL's buffers
