@@ -150,5 +150,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("mkl_packed_linear_available", &wmk::linear::mkl::available,
         "Whether this torch has MKL's packed sgemm and it passed the extension's check (pack_linear_weight_mkl)");
   m.def("mkl_packed_bytes", &wmk::linear::mkl::packed_bytes,
-        "MKL's byte count for a packed (out_features, in_features) weight, header excluded (0 without MKL)");
+        "pack_linear_weight_mkl's byte count for an (out_features, in_features) weight (0 without MKL)");
 }

@@ -42,15 +42,14 @@ bool exported();
 // Whether it is exported and passed the check against at::linear (run once, on first call: that runs MKL and
 // torch's threads, so it is not for a process that forks workers afterwards, such as a forkserver at import).
 bool available();
-// MKL's byte count for a packed (n, k) weight, header excluded (0 where unavailable).
+// The byte count of pack_linear_weight_mkl's output for an (n, k) weight, header included (0 where unavailable).
 int64_t packed_bytes(int64_t n, int64_t k);
 // Whether `packed` is a 1-D uint8 CPU tensor starting with this header (not yet checked against a weight).
 bool is_mkl_pack(const at::Tensor& packed);
-// Check `packed` against a weight (n, k): raises ValueError naming the mismatch.
-void check_pack(const char* op, const at::Tensor& packed, int64_t n, int64_t k);
-// x @ W^T + bias through the packed weight, or nullopt where the rule (rows, dtype, device, availability) leaves the
-// product to at::linear.
-std::optional<at::Tensor> linear(const at::Tensor& x, int64_t n, int64_t k, const std::optional<at::Tensor>& bias,
-                                 const at::Tensor& packed);
+// x @ W^T + bias through the packed weight, or nullopt where the rule (rows, dtype, device, availability, a copied
+// packing) leaves the product to at::linear. Raises ValueError, naming `op`, where `packed` does not belong to a
+// weight (n, k).
+std::optional<at::Tensor> linear(const char* op, const at::Tensor& x, int64_t n, int64_t k,
+                                 const std::optional<at::Tensor>& bias, const at::Tensor& packed);
 
 }  // namespace wmk::linear::mkl

@@ -33,8 +33,9 @@ struct Header {
 };
 static_assert(sizeof(Header) <= kHeaderBytes, "the header must fit its 64 bytes");
 
+// The header of a 1-D uint8 tensor of at least kHeaderBytes (read in place when its bytes are contiguous).
 Header header_of(const at::Tensor& packed) {
-  const at::Tensor head = packed.narrow(0, 0, kHeaderBytes).contiguous();
+  const at::Tensor head = packed.stride(0) == 1 ? packed : packed.narrow(0, 0, kHeaderBytes).contiguous();
   Header h;
   std::memcpy(&h, head.data_ptr<uint8_t>(), sizeof(Header));
   return h;
@@ -138,8 +139,8 @@ bool available() {
 
 int64_t packed_bytes(int64_t n, int64_t k) {
   if (!symbols_present() || !fits_int(n) || !fits_int(k)) return 0;
-  return static_cast<int64_t>(cblas_sgemm_pack_get_size(kBMatrix, kPackRows, static_cast<int>(n),
-                                                        static_cast<int>(k)));
+  return kHeaderBytes + static_cast<int64_t>(cblas_sgemm_pack_get_size(kBMatrix, kPackRows, static_cast<int>(n),
+                                                                       static_cast<int>(k)));
 }
 
 bool is_mkl_pack(const at::Tensor& packed) {
@@ -150,31 +151,28 @@ bool is_mkl_pack(const at::Tensor& packed) {
   return std::memcmp(header_of(packed).magic, kMagic, sizeof(kMagic)) == 0;
 }
 
-void check_pack(const char* op, const at::Tensor& packed, int64_t n, int64_t k) {
+std::optional<at::Tensor> linear(const char* op, const at::Tensor& x, int64_t n, int64_t k,
+                                 const std::optional<at::Tensor>& bias, const at::Tensor& packed) {
   const Header h = header_of(packed);
   TORCH_CHECK_VALUE(h.n == n && h.k == k, op, ": packed is pack_linear_weight_mkl of a (", h.n, ", ", h.k,
                     ") weight, but weight is (", n, ", ", k, ")");
   TORCH_CHECK_VALUE(h.bytes >= 0 && packed.numel() == kHeaderBytes + h.bytes, op, ": packed holds ", packed.numel(),
                     " bytes, expected ", kHeaderBytes + h.bytes, " (pack_linear_weight_mkl's output, unmodified)");
-}
-
-std::optional<at::Tensor> linear(const at::Tensor& x, int64_t n, int64_t k, const std::optional<at::Tensor>& bias,
-                                 const at::Tensor& packed) {
   if (!x.device().is_cpu() || x.scalar_type() != at::kFloat ||
       (bias.has_value() && bias->scalar_type() != at::kFloat) || k < 1 || n < 1) {
     return std::nullopt;
   }
   const int64_t rows = x.numel() / k;
   if (rows < kMklMinRows || rows > kMklMaxRows || !available()) return std::nullopt;
-  at::Tensor a = x.reshape({rows, k});
-  if (a.stride(1) != 1 || a.stride(0) < k || !fits_int(a.stride(0))) a = a.contiguous();
   // MKL's packed buffer is tied to the address it was written at: a copy of it (clone, torch.save and load, a move
   // between processes) holds wrong data for MKL (garbage results, or a crash, in a trial). Such a copy is refused
   // here, and the product left to at::linear: correct, without the saving.
-  if (!packed.is_contiguous() || header_of(packed).address !=
-                                     reinterpret_cast<std::uintptr_t>(packed.data_ptr<uint8_t>() + kHeaderBytes)) {
+  if (!packed.is_contiguous() ||
+      h.address != reinterpret_cast<std::uintptr_t>(packed.data_ptr<uint8_t>() + kHeaderBytes)) {
     return std::nullopt;
   }
+  at::Tensor a = x.reshape({rows, k});
+  if (a.stride(1) != 1 || a.stride(0) < k || !fits_int(a.stride(0))) a = a.contiguous();
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
   at::Tensor out = compute_unchecked(a, n, k, bias_c, packed);
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());

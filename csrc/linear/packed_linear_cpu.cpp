@@ -72,10 +72,9 @@ at::Tensor linear_prepacked(const at::Tensor& x, const at::Tensor& weight, const
   TORCH_CHECK_VALUE(!bias.has_value() || (bias->dim() == 1 && bias->size(0) == n), op, ": bias must be (", n,
                     ",), got shape ", bias.has_value() ? bias->sizes() : at::IntArrayRef{});
   if (packed.has_value() && mkl::is_mkl_pack(*packed)) {  // MKL's packed weight (pack_linear_weight_mkl)
-    mkl::check_pack(op, *packed, n, k);
     TORCH_CHECK_VALUE(weight.device() == x.device() && (!bias.has_value() || bias->device() == x.device()), op,
                       ": x, weight and bias must be on one device");
-    if (std::optional<at::Tensor> out = mkl::linear(x, n, k, bias, *packed)) return *out;
+    if (std::optional<at::Tensor> out = mkl::linear(op, x, n, k, bias, *packed)) return *out;
     return at::linear(x, weight, bias);
   }
   if (packed.has_value()) {

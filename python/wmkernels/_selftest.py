@@ -124,22 +124,21 @@ def _st_transformer() -> tuple[bool, str]:
 
 
 def _linear() -> tuple[bool, str]:
-    x = torch.randn(2, 7, 33, generator=_gen())
     weight, bias = torch.randn(17, 33, generator=_gen()), torch.randn(17, generator=_gen())
-    got = ops.linear_prepacked(x, weight, bias, ops.pack_linear_weight(weight))
-    want = torch.nn.functional.linear(x.double(), weight.double(), bias.double())
-    err = (got.double() - want).abs().max()
-    ref_err = (torch.nn.functional.linear(x, weight, bias).double() - want).abs().max()
-    ok = got.shape == want.shape and bool(err <= 2 * ref_err)
+
+    def within_twice_torch_error(lead, packed):
+        x = torch.randn(*lead, 33, generator=_gen())
+        got = ops.linear_prepacked(x, weight, bias, packed)
+        want = torch.nn.functional.linear(x.double(), weight.double(), bias.double())
+        err = (got.double() - want).abs().max()
+        ref_err = (torch.nn.functional.linear(x, weight, bias).double() - want).abs().max()
+        return got.shape == want.shape and bool(err <= 2 * ref_err)
+
+    ok = within_twice_torch_error((2, 7), ops.pack_linear_weight(weight))
     what = "linear_prepacked (14 rows, 33 -> 17 features, packed weight) within 2x torch's fp32 error"
     if not mkl_packed_linear_available():
         return ok, what + "; MKL's packed sgemm: not in this torch"
-    x = torch.randn(70, 33, generator=_gen())  # 70 rows: MKL's packed product (64 .. 1,024 rows)
-    got = ops.linear_prepacked(x, weight, bias, ops.pack_linear_weight_mkl(weight))
-    want = torch.nn.functional.linear(x.double(), weight.double(), bias.double())
-    err = (got.double() - want).abs().max()
-    ref_err = (torch.nn.functional.linear(x, weight, bias).double() - want).abs().max()
-    ok = ok and got.shape == want.shape and bool(err <= 2 * ref_err)
+    ok = within_twice_torch_error((70,), ops.pack_linear_weight_mkl(weight)) and ok  # 70 rows: MKL's packed product
     return ok, what + "; with MKL's packing (70 rows) too"
 
 

@@ -42,7 +42,7 @@ _PACKERS = {"panels": pack_linear_weight, "mkl": pack_linear_weight_mkl}
 def _default_kind() -> str | None:
     # Nothing here may run MKL or start torch's threads: importing the package must stay safe before a fork (a
     # forkserver imports it, then forks workers). MKL's own check (mkl_packed_linear_available) runs at the first
-    # product, in `_usable`.
+    # packing, in `packed_weight`.
     if packed_linear_available() and not _AVX512:
         return "panels"
     if _AVX512 and _INTEL and mkl_packed_linear_exported():  # measured on an Intel Xeon only (see above)
@@ -69,8 +69,7 @@ def _usable(weight: torch.Tensor) -> bool:
     # Not an inference tensor (made under torch.inference_mode): it has no version counter, so an in-place update
     # could not be seen and the copy could go stale; such weights keep nn.Linear.
     return (enabled and kind in _PACKERS and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and weight.dim() == 2 and not weight.is_inference()
-            and (kind != "mkl" or mkl_packed_linear_available()))
+            and weight.dim() == 2 and not weight.is_inference())
 
 
 def packed_weight(weight: torch.Tensor) -> torch.Tensor | None:
@@ -82,6 +81,8 @@ def packed_weight(weight: torch.Tensor) -> torch.Tensor | None:
     version, ptr = weight._version, weight.data_ptr()
     if entry is not None and entry[0]() is weight and entry[1] == (version, kind) and entry[2] == ptr:
         return entry[3]
+    if kind == "mkl" and not mkl_packed_linear_available():  # MKL's check, at the first packing (see _default_kind)
+        return None
     with torch.inference_mode(False), torch.no_grad():
         packed = _PACKERS[kind](weight.detach())
     _PACKED[key] = (weakref.ref(weight, lambda _, key=key: _forget(key)), (version, kind), ptr, packed)

@@ -27,7 +27,6 @@ from wmkernels import _extension  # noqa: F401  (loads the extension, which regi
 from wmkernels import _C
 
 PANEL_WIDTH = 16
-_MKL_HEADER_BYTES = 64  # csrc/linear/mkl_pack.h
 
 
 def packed_linear_available() -> bool:
@@ -86,7 +85,7 @@ def _pack_linear_weight_fake(weight):
 @torch.library.register_fake("wmk::pack_linear_weight_mkl")
 def _pack_linear_weight_mkl_fake(weight):
     n, k = weight.shape
-    return weight.new_empty((_MKL_HEADER_BYTES + int(_C.mkl_packed_bytes(n, k)),), dtype=torch.uint8)
+    return weight.new_empty((int(_C.mkl_packed_bytes(n, k)),), dtype=torch.uint8)
 
 
 @torch.library.register_fake("wmk::linear_prepacked")
