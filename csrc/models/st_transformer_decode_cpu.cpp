@@ -2,9 +2,10 @@
 //
 // It runs, layer by layer, exactly the ops that python/wmkernels/nn/st_block.py's STTransformer.forward_decode
 // issues (the same ATen ops in the same order, and wmk::spatial_attention_qkv / wmk::frame_decode_step through the
-// dispatcher), so its output is bitwise the module path's. What it removes is the Python between those ops: for
-// GENIE-35M's 32 layers that is ~600 ops per pass, and for a one-frame pass on a 2-core CPU the interpreter and the
-// Python wrappers cost ~15 ms of ~170 ms (measured against a TorchScript trace of the same pass).
+// dispatcher; only the residual sums go in place, see below), so its output is bitwise the module path's. What it
+// removes is the Python between those ops: for GENIE-35M's 32 layers that is ~600 ops per pass, and for a one-frame
+// pass on a 2-core CPU the interpreter and the Python wrappers cost ~15 ms of ~170 ms (measured against a
+// TorchScript trace of the same pass).
 //
 // Only glue lives here, no arithmetic, so the same function is the kernel on every device the ops it calls support
 // (registered for CPU, and for CUDA in a CUDA build). It has no autograd: the decode ops are inference-only.
@@ -141,8 +142,11 @@ at::Tensor st_transformer_decode(const at::Tensor& x_in, const c10::List<OptTens
                                                                  param(layer, kSpatialNormW),
                                                                  param(layer, kSpatialNormB),
                                                                  eps[layer * kEpsSlots + kEpsSpatial]));
-    x = x + linear(spatial.reshape({b, x.size(1), s, c}), layer, kSpatialProjW, kSpatialProjB, kPackedSpatialProj,
-                   "spatial_attn.proj.weight");
+    // Each residual sum goes in place into the projection's fresh output: the module path's x + out, bitwise (IEEE
+    // addition commutes), without a new (rows, C) buffer per sum. A fresh buffer per sum cost ~1% of a pass on the
+    // 2-core Xeon: the allocator's mmap/munmap (page faults, system time) and writes into memory not in cache.
+    x = linear(spatial.reshape({b, x.size(1), s, c}), layer, kSpatialProjW, kSpatialProjB, kPackedSpatialProj,
+               "spatial_attn.proj.weight").add_(x);
 
     const auto qkv =
         qkv_of(x, layer, kTemporalQkvW, kTemporalQkvB, kPackedTemporalQkv, "temporal_attn.qkv.weight").unbind(3);
@@ -164,14 +168,14 @@ at::Tensor st_transformer_decode(const at::Tensor& x_in, const c10::List<OptTens
       temporal = temporal.narrow(1, n - 1, 1).contiguous();
       x = x.narrow(1, n - 1, 1);
     }
-    x = x + linear(temporal.reshape({b, x.size(1), s, c}), layer, kTemporalProjW, kTemporalProjB,
-                   kPackedTemporalProj, "temporal_attn.proj.weight");
+    x = linear(temporal.reshape({b, x.size(1), s, c}), layer, kTemporalProjW, kTemporalProjB, kPackedTemporalProj,
+               "temporal_attn.proj.weight").add_(x);
 
     // x += mlp(norm2(x)), GELU in place on fc1's fresh output (as Mlp.forward does without autograd)
     const at::Tensor h2 = has_norm(layer, kEpsNorm2) ? norm(x, layer, kNorm2W, kNorm2B, kEpsNorm2) : x;
     at::Tensor hidden = linear(h2, layer, kFc1W, kFc1B, kPackedFc1, "mlp.fc1.weight");
     at::gelu_(hidden, gelu_approximate);
-    x = x + linear(hidden, layer, kFc2W, kFc2B, kPackedFc2, "mlp.fc2.weight");
+    x = linear(hidden, layer, kFc2W, kFc2B, kPackedFc2, "mlp.fc2.weight").add_(x);
   }
   return x;
 }

@@ -76,8 +76,11 @@ def test_op_is_bitwise_the_module_path(config, dtype, start, n, need_output, las
     model = _model(dtype=dtype, **CONFIGS[config])
     x = torch.randn(B, T, S, D_MODEL, generator=torch.Generator().manual_seed(1), dtype=dtype)
     cache = _filled_cache(model, x, start)
-    (out, k, v), (want, want_k, want_v) = _both_paths(model, x[:, start:start + n], cache, torch.tensor([start]),
+    frames = x[:, start:start + n]
+    before = frames.clone()
+    (out, k, v), (want, want_k, want_v) = _both_paths(model, frames, cache, torch.tensor([start]),
                                                       need_output=need_output, last_only=last_only)
+    assert torch.equal(frames, before)  # the residual sums go in place, but never into the input
     written = start + n  # the cache is uninitialized (torch.empty) past the written slots
     assert torch.equal(k[:, :, :written], want_k[:, :, :written]) and torch.equal(v[:, :, :written],
                                                                                    want_v[:, :, :written])
