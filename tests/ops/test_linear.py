@@ -372,6 +372,34 @@ def test_packed_copy_follows_weight_updates(packed_layers):
 
 
 @needs_kernel
+def test_packed_weights_is_packed_weight_of_each(packed_layers, monkeypatch):
+    """The batched lookup the decode pass uses: the same copies as packed_weight, remade after an in-place update or
+    for a new tensor, None where a weight cannot be packed or packing is off."""
+    torch.manual_seed(0)
+    mlp = Mlp(16, mlp_ratio=2.0)
+    with torch.inference_mode():
+        frozen = torch.randn(4, 16)  # an inference tensor: never packed
+    weights = [mlp.fc1.weight, mlp.fc2.weight, frozen]
+    first = packed_linear.packed_weights(weights)
+    assert first[0] is packed_linear.packed_weight(mlp.fc1.weight) and first[0] is not None
+    assert first[1] is packed_linear.packed_weight(mlp.fc2.weight) and first[1] is not None
+    assert first[2] is None
+    again = packed_linear.packed_weights(weights)
+    assert again[0] is first[0] and again[1] is first[1]
+    with torch.no_grad():
+        mlp.fc1.weight.add_(1.0)  # in place: the version counter moves
+    updated = packed_linear.packed_weights(weights)
+    assert updated[0] is not first[0] and updated[1] is first[1]
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        fresh = pack_linear_weight(mlp.fc1.weight)  # the updated weight, packed anew
+        assert torch.equal(linear_prepacked(x, mlp.fc1.weight, mlp.fc1.bias, updated[0]),
+                           linear_prepacked(x, mlp.fc1.weight, mlp.fc1.bias, fresh))
+    monkeypatch.setattr(packed_linear, "enabled", False)
+    assert packed_linear.packed_weights(weights) == [None, None, None]
+
+
+@needs_kernel
 def test_hooks_keep_nn_linear(packed_layers):
     torch.manual_seed(0)
     mlp = Mlp(8, mlp_ratio=1.0)

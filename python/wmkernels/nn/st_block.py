@@ -212,7 +212,7 @@ class STTransformer(nn.Module):
         # multiplies as the module path does.
         packed = []
         if packed_linear.packed_for(x):
-            packed = [packed_linear.packed_weight(m.weight) for m in linears]
+            packed = packed_linear.packed_weights([m._parameters["weight"] for m in linears])
         return params, num_heads, scales, eps, approximate, packed
 
 
