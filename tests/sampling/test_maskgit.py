@@ -192,3 +192,22 @@ def test_cached_step_compiles_fullgraph(with_commit):
         counts.append((int(cache.num_frames), cache.host_frames))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
     assert counts[0] == counts[1] == (4, 4)  # 4 committed frames either way
+
+
+def test_greedy_digits_are_each_digits_argmax_first_of_ties():
+    """sample_digits at temperature 0, against its definition digit by digit: the most significant digit first, the
+    lowest index among equal probabilities (argmax), the confidence the product of the chosen probabilities in that
+    order. Rounded logits make ties common."""
+    from wmkernels.sampling import sample_digits
+
+    g = torch.Generator().manual_seed(3)
+    for num, size in ((2, 512), (3, 7), (1, 16)):
+        logits = (torch.randn(2, 37, num * size, generator=g) * 2).round()
+        probs = torch.softmax(logits.reshape(2, 37, num, size), dim=-1)
+        want_tokens, want_conf = torch.zeros(2, 37, dtype=torch.long), torch.ones(2, 37)
+        for j in reversed(range(num)):
+            digit = probs[:, :, j].argmax(dim=-1)
+            want_tokens = want_tokens * size + digit
+            want_conf = want_conf * probs[:, :, j].gather(-1, digit.unsqueeze(-1)).squeeze(-1)
+        tokens, confidence = sample_digits(logits, num, size, 0.0)
+        assert torch.equal(tokens, want_tokens) and torch.equal(confidence, want_conf)

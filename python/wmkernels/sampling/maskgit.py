@@ -51,14 +51,18 @@ def sample_digits(logits: torch.Tensor, num_factored_vocabs: int, factored_vocab
     probs = torch.softmax(digits if greedy else digits / temperature, dim=-1)
     tokens = torch.zeros((b, s), dtype=torch.long, device=logits.device)
     confidence = torch.ones((b, s), dtype=torch.float, device=logits.device)
+    if greedy:  # every digit's most likely value (the first of equals, as argmax) and its probability in one call:
+        # on CPU max(dim) took 70 us for GENIE's (1, 256, 2, 512), two argmax and gather calls ~200 us
+        best_p, best = probs.max(dim=-1)  # (B, S, F)
     for j in reversed(range(num_factored_vocabs)):
-        p = probs[:, :, j]
         if greedy:
-            digit = p.argmax(dim=-1)
+            digit, p_digit = best[:, :, j], best_p[:, :, j]
         else:
+            p = probs[:, :, j]
             digit = torch.multinomial(p.reshape(-1, v), 1, generator=generator).reshape(b, s)
+            p_digit = torch.gather(p, -1, digit.unsqueeze(-1)).squeeze(-1)
         tokens = tokens * v + digit
-        confidence = confidence * torch.gather(p, -1, digit.unsqueeze(-1)).squeeze(-1)
+        confidence = confidence * p_digit
     return tokens, confidence
 
 
