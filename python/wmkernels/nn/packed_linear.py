@@ -76,11 +76,10 @@ def packed_weight(weight: torch.Tensor) -> torch.Tensor | None:
     """The packed copy of `weight` (made or remade as needed), or None where the packed kernel cannot run it."""
     if not _usable(weight):
         return None
-    key = id(weight)
-    entry = _PACKED.get(key)
-    version, ptr = weight._version, weight.data_ptr()
-    if entry is not None and entry[0]() is weight and entry[1] == (version, kind) and entry[2] == ptr:
-        return entry[3]
+    hit = _cached(weight)
+    if hit is not None:
+        return hit
+    key, version, ptr = id(weight), weight._version, weight.data_ptr()
     if kind == "mkl" and not mkl_packed_linear_available():  # MKL's check, at the first packing (see _default_kind)
         return None
     with torch.inference_mode(False), torch.no_grad():
@@ -95,14 +94,16 @@ def packed_weights(weights) -> list:
     when packed, and the device, dtype or shape of a tensor cannot change without its data pointer changing."""
     if not (enabled and kind in _PACKERS):
         return [None] * len(weights)
-    out = []
-    for w in weights:
-        entry = _PACKED.get(id(w))
-        if entry is not None and entry[0]() is w and entry[1] == (w._version, kind) and entry[2] == w.data_ptr():
-            out.append(entry[3])
-        else:
-            out.append(packed_weight(w))
-    return out
+    return [hit if (hit := _cached(w)) is not None else packed_weight(w) for w in weights]
+
+
+def _cached(weight: torch.Tensor) -> torch.Tensor | None:
+    """The packed copy of `weight` if one was made for it as it is now (same tensor, version, storage and kind)."""
+    entry = _PACKED.get(id(weight))
+    if (entry is not None and entry[0]() is weight and entry[1] == (weight._version, kind)
+            and entry[2] == weight.data_ptr()):
+        return entry[3]
+    return None
 
 
 def _forget(key: int) -> None:
