@@ -57,9 +57,11 @@ TORCH_LIBRARY(wmk, m) {
   m.def("frame_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor num_frames, float scale) -> Tensor");
   // One cached decoding step of temporal attention: the current frame's keys (through the qk LayerNorm) and
   // values are written into slot num_frames - 1 of the caches, then its queries (through the same LayerNorm)
-  // attend over slots 0 .. num_frames - 1, as frame_decode_attention.
+  // attend over slots 0 .. num_frames - 1, as frame_decode_attention. store_last=False allows (does not require) a
+  // kernel to leave the last frame's slot unwritten: its contents are then unspecified.
   m.def("frame_decode_step(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor num_frames, "
-        "float scale, Tensor? qk_norm_weight=None, Tensor? qk_norm_bias=None, float qk_norm_eps=1e-05) -> Tensor");
+        "float scale, Tensor? qk_norm_weight=None, Tensor? qk_norm_bias=None, float qk_norm_eps=1e-05, "
+        "bool store_last=True) -> Tensor");
 
   // Linear (csrc/linear/): nn.Linear's x @ W^T + bias with W packed once (pack_linear_weight, or
   // pack_linear_weight_mkl below); linear_prepacked is at::linear itself off the CPU, for non-float32 tensors, on CPUs
@@ -76,7 +78,7 @@ TORCH_LIBRARY(wmk, m) {
   // packed: empty, or 6 per layer, pack_linear_weight of each Linear (or None), for wmk::linear_prepacked.
   m.def("st_transformer_decode(Tensor x, Tensor?[] params, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor position, "
         "int num_heads, float[] scales, float[] eps, Tensor?[] packed, str gelu_approximate=\"none\", "
-        "bool need_output=True, bool last_only=False) -> Tensor");
+        "bool need_output=True, bool last_only=False, bool store_last=True) -> Tensor");
 }
 
 // The inference-only ops: a backward pass through them raises, naming the op (common/inference_only.h), instead of

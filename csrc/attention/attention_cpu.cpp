@@ -195,10 +195,11 @@ void write_frame(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, 
 // Temporal attention of n consecutive query frames q (B, n, S, H, D) over the cache, frame i over the first
 // num_frames[b] + i cached frames, the qk LayerNorm (if given) applied to q only: the cache holds keys already
 // normalized. With `fresh` (k, v of the same frames, (B, n, S, H, D)), frame i's are first written into slot
-// num_frames[b] - 1 + i (frame_decode_step). Returns (B, n, S, H, D).
+// num_frames[b] - 1 + i (frame_decode_step); with store_last false, the float AVX2 / AVX-512 path leaves the last
+// frame's slot unwritten (its queries read its K/V from a local copy). Returns (B, n, S, H, D).
 at::Tensor decode_cpu(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& frames,
                       double scale, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
-                      double eps, const std::pair<at::Tensor, at::Tensor>* fresh) {
+                      double eps, const std::pair<at::Tensor, at::Tensor>* fresh, bool store_last = true) {
   const int64_t t_max = k_cache.size(1), n = q.size(1);
   const int64_t* nf = frames.data_ptr<int64_t>();
   const bool per_batch = frames.numel() > 1;
@@ -217,7 +218,8 @@ at::Tensor decode_cpu(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_ca
           std::optional<cpu::FrameWrite> write;
           if (fresh != nullptr)
             write = cpu::FrameWrite{operand<float>(fresh->first, t), operand<float>(fresh->second, t),
-                                    mut_operand<float>(k_cache, t), mut_operand<float>(v_cache, t), &norm};
+                                    mut_operand<float>(k_cache, t), mut_operand<float>(v_cache, t), &norm,
+                                    store_last};
           return cpu::decode_forward<Kern>(p, operand<float>(q, t), operand<float>(k_cache, t),
                                            operand<float>(v_cache, t), mut_operand<float>(out, t), norm, lk_of,
                                            write ? &*write : nullptr);
@@ -254,13 +256,13 @@ at::Tensor frame_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_c
 at::Tensor frame_decode_step_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
                                  at::Tensor& v_cache, const at::Tensor& num_frames, double scale,
                                  const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
-                                 double eps) {
+                                 double eps, bool store_last) {
   const int64_t n = check_frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale, weight, bias, eps);
   const at::Tensor frames = checked_frames("frame_decode_step", num_frames, k_cache.size(1), n);
   const bool run = q.dim() == 5;  // (B, n, S, H, D); else one (B, S, H, D) frame
   const auto as_run = [&](const at::Tensor& t) { return run ? t : t.unsqueeze(1); };
   const std::pair<at::Tensor, at::Tensor> fresh{as_run(k), as_run(v)};
-  at::Tensor out = decode_cpu(as_run(q), k_cache, v_cache, frames, scale, weight, bias, eps, &fresh);
+  at::Tensor out = decode_cpu(as_run(q), k_cache, v_cache, frames, scale, weight, bias, eps, &fresh, store_last);
   return run ? out : out.squeeze(1);
 }
 

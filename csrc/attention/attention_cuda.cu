@@ -204,7 +204,7 @@ at::Tensor frame_decode_attention_cuda(const at::Tensor& q, const at::Tensor& k_
 at::Tensor frame_decode_step_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
                                   at::Tensor& v_cache, const at::Tensor& num_frames, double scale,
                                   const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
-                                  double eps) {
+                                  double eps, bool /*store_last: every frame is stored here*/) {
   const int64_t n = check_frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale, weight, bias, eps);
   const c10::cuda::CUDAGuard guard(q.device());
   const int64_t batch = q.size(0), t_max = k_cache.size(1), d = q.size(-1);

@@ -403,8 +403,13 @@ struct Avx2Kernels {
   // (the AVX2 machine) the hardware prefetcher already streams them, and the prefetcht2 instructions only held miss
   // buffers: one GENIE-35M decode call over 13 cached frames took 47 ms with them and 34 ms without, 1 thread.
   static constexpr bool kPrefetchDecode = false;
+  // With k_last / v_last, key and value row lk - 1 are read there instead (a frame whose K/V were not stored).
   WMK_AVX2 static void decode_row(const float* q, const float* k, int64_t ksj, const float* v, int64_t vsj,
-                                  int64_t lk, int64_t d, float* out) {
+                                  int64_t lk, int64_t d, float* out, const float* k_last = nullptr,
+                                  const float* v_last = nullptr) {
+    const int64_t fresh = k_last != nullptr ? lk - 1 : -1;
+    const auto k_row = [&](int64_t j) { return j == fresh ? k_last : k + j * ksj; };
+    const auto v_row = [&](int64_t j) { return j == fresh ? v_last : v + j * vsj; };
     __m256 s[2];
 #pragma GCC unroll 2
     for (int g = 0; g < 2; ++g) {  // keys 8g .. 8g+7: eight dot products, then one lane-transposing reduction
@@ -416,7 +421,7 @@ struct Avx2Kernels {
           const __m256 qc = _mm256_loadu_ps(q + c);
 #pragma GCC unroll 8
           for (int j = 0; j < 8; ++j)
-            if (8 * g + j < lk) acc[j] = _mm256_fmadd_ps(qc, load8(k + (8 * g + j) * ksj + c, d - c), acc[j]);
+            if (8 * g + j < lk) acc[j] = _mm256_fmadd_ps(qc, load8(k_row(8 * g + j) + c, d - c), acc[j]);
         }
       }
       s[g] = sum_lanes8(acc);
@@ -429,10 +434,10 @@ struct Avx2Kernels {
       __m256 o0 = _mm256_setzero_ps(), o1 = _mm256_setzero_ps();  // two chains: even and odd keys
       int64_t j = 0;
       for (; j + 2 <= lk; j += 2) {
-        o0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), load8(v + j * vsj + c, d - c), o0);
-        o1 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), load8(v + (j + 1) * vsj + c, d - c), o1);
+        o0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), load8(v_row(j) + c, d - c), o0);
+        o1 = _mm256_fmadd_ps(_mm256_set1_ps(p[j + 1]), load8(v_row(j + 1) + c, d - c), o1);
       }
-      if (j < lk) o0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), load8(v + j * vsj + c, d - c), o0);
+      if (j < lk) o0 = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), load8(v_row(j) + c, d - c), o0);
       const __m256 o = _mm256_mul_ps(_mm256_add_ps(o0, o1), inv);
       if (d - c >= 8)
         _mm256_storeu_ps(out + c, o);

@@ -279,8 +279,13 @@ struct Avx512Kernels : Avx2Kernels {
   static constexpr bool kHasDecodeRow = true;
   // On Zen 4 (the AVX-512 machine) prefetching the next position's rows made the decode ~30% faster.
   static constexpr bool kPrefetchDecode = true;
+  // With k_last / v_last, key and value row lk - 1 are read there instead (a frame whose K/V were not stored).
   WMK_AVX512 static void decode_row(const float* q, const float* k, int64_t ksj, const float* v, int64_t vsj,
-                                    int64_t lk, int64_t d, float* out) {
+                                    int64_t lk, int64_t d, float* out, const float* k_last = nullptr,
+                                    const float* v_last = nullptr) {
+    const int64_t fresh = k_last != nullptr ? lk - 1 : -1;
+    const auto k_row = [&](int64_t j) { return j == fresh ? k_last : k + j * ksj; };
+    const auto v_row = [&](int64_t j) { return j == fresh ? v_last : v + j * vsj; };
     __m512 acc[16];
 #pragma GCC unroll 16
     for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
@@ -289,7 +294,7 @@ struct Avx512Kernels : Avx2Kernels {
       const __m512 qc = _mm512_loadu_ps(q + c);
 #pragma GCC unroll 16
       for (int j = 0; j < 16; ++j)
-        if (j < lk) acc[j] = _mm512_fmadd_ps(qc, _mm512_maskz_loadu_ps(mask, k + j * ksj + c), acc[j]);
+        if (j < lk) acc[j] = _mm512_fmadd_ps(qc, _mm512_maskz_loadu_ps(mask, k_row(j) + c), acc[j]);
     }
     const __mmask16 vis = first_lanes(lk);
     const __m512 s = sum_lanes16(acc);
@@ -303,10 +308,10 @@ struct Avx512Kernels : Avx2Kernels {
       __m512 o0 = _mm512_setzero_ps(), o1 = _mm512_setzero_ps();  // two chains: even and odd keys
       int64_t j = 0;
       for (; j + 2 <= lk; j += 2) {
-        o0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(mask, v + j * vsj + c), o0);
-        o1 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), _mm512_maskz_loadu_ps(mask, v + (j + 1) * vsj + c), o1);
+        o0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(mask, v_row(j) + c), o0);
+        o1 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), _mm512_maskz_loadu_ps(mask, v_row(j + 1) + c), o1);
       }
-      if (j < lk) o0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(mask, v + j * vsj + c), o0);
+      if (j < lk) o0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(mask, v_row(j) + c), o0);
       _mm512_mask_storeu_ps(out + c, mask, _mm512_mul_ps(_mm512_add_ps(o0, o1), inv));
     }
   }

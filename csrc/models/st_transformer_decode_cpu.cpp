@@ -52,13 +52,13 @@ std::tuple<at::Tensor, at::Tensor> spatial_attention_qkv(const at::Tensor& qkv, 
 
 at::Tensor frame_decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
                              at::Tensor& v_cache, const at::Tensor& num_frames, double scale, const OptTensor& w,
-                             const OptTensor& b, double eps) {
+                             const OptTensor& b, double eps, bool store_last) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("wmk::frame_decode_step", "")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor&,
                                                at::Tensor&, const at::Tensor&, double, const OptTensor&,
-                                               const OptTensor&, double)>();
-  return op.call(q, k, v, k_cache, v_cache, num_frames, scale, w, b, eps);
+                                               const OptTensor&, double, bool)>();
+  return op.call(q, k, v, k_cache, v_cache, num_frames, scale, w, b, eps, store_last);
 }
 
 at::Tensor linear_prepacked(const at::Tensor& x, const at::Tensor& weight, const OptTensor& bias,
@@ -74,7 +74,7 @@ at::Tensor st_transformer_decode(const at::Tensor& x_in, const c10::List<OptTens
                                  at::Tensor& v_cache, const at::Tensor& position, int64_t num_heads,
                                  at::ArrayRef<double> scales, at::ArrayRef<double> eps,
                                  const c10::List<OptTensor>& packed, c10::string_view gelu_approximate,
-                                 bool need_output, bool last_only) {
+                                 bool need_output, bool last_only, bool store_last) {
   const char* op = "st_transformer_decode";
   // Nothing here is differentiable: the ops below record no graph, as the module path runs them under no_grad /
   // inference_mode. The op's Autograd kernel (common/inference_only.h) runs it with grad mode off, and inference
@@ -102,6 +102,8 @@ at::Tensor st_transformer_decode(const at::Tensor& x_in, const c10::List<OptTens
   TORCH_CHECK_VALUE(packed.empty() || static_cast<int64_t>(packed.size()) == layers * kPackedSlots, op,
                     ": packed must be empty or hold ", kPackedSlots, " entries per layer (", layers * kPackedSlots,
                     "), got ", packed.size());
+  TORCH_CHECK_VALUE(need_output || store_last, op, ": store_last=False needs need_output=True (a pass without output "
+                    "only stores its frames' K/V)");
   TORCH_CHECK_VALUE(position.numel() == 1 && position.scalar_type() == at::kLong, op,
                     ": position must be an int64 tensor of one element, got ", position.scalar_type(), " of shape ",
                     position.sizes());
@@ -158,10 +160,11 @@ at::Tensor st_transformer_decode(const at::Tensor& x_in, const c10::List<OptTens
       v_layer.index_copy_(1, slots, qkv[2]);
       return at::empty({0}, x.options());
     }
-    // x += temporal_attn(x): the frames' K/V go into their slots, each frame attends over the slots up to its own
+    // x += temporal_attn(x): the frames' K/V go into their slots (the last frame's only with store_last), each
+    // frame attends over the slots up to its own
     at::Tensor temporal = frame_decode_step(qkv[0], qkv[1], qkv[2], k_layer, v_layer, num_frames, temporal_scale,
                                             param(layer, kTemporalNormW), param(layer, kTemporalNormB),
-                                            eps[layer * kEpsSlots + kEpsTemporal]);
+                                            eps[layer * kEpsSlots + kEpsTemporal], store_last);
     if (last && last_only) {  // only the last frame's rows leave the stack
       // Contiguous, as SelfAttention.forward_decode makes it: a strided input would send aten::matmul to bmm or
       // to mm depending on whether the weights require grad, and the two round differently.

@@ -4,10 +4,12 @@ The op issues the layers' ops in the module path's order, so every check here is
 K/V written into the caches), over the configurations GENIE checkpoints use and the sampler's pass shapes.
 """
 import copy
+import os
 
 import pytest
 import torch
 
+from wmkernels._extension import build_info
 from wmkernels.nn import FrameKVCache, SelfAttention, STTransformer, packed_linear
 
 D_MODEL, HEADS, LAYERS = 32, 4, 3
@@ -89,6 +91,26 @@ def test_op_is_bitwise_the_module_path(config, dtype, start, n, need_output, las
         return
     assert out.shape == want.shape == (B, 1 if last_only else n, S, D_MODEL)
     assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("config", ["genie", "layernorm"])
+@pytest.mark.parametrize("start, n, last_only", [(2, 1, True), (2, 2, True), (0, 4, True), (2, 2, False)])
+def test_op_without_storing_the_last_frame(config, start, n, last_only, packed_linears):
+    """store_last=False (the sampler's MaskGIT steps): the output and the other frames' K/V are bitwise the module
+    path's (which stores every frame). The last frame's slot is NaN beforehand, so a kernel that read it would spread
+    NaN into the output; with the AVX2 / AVX-512 decode kernels it stays NaN (not written)."""
+    model = _model(**CONFIGS[config])
+    x = torch.randn(B, T, S, D_MODEL, generator=torch.Generator().manual_seed(1))
+    cache = _filled_cache(model, x, start)
+    last = start + n - 1
+    cache.k[:, :, last], cache.v[:, :, last] = float("nan"), float("nan")
+    (out, k, v), (want, want_k, want_v) = _both_paths(model, x[:, start:start + n], cache, torch.tensor([start]),
+                                                      last_only=last_only, store_last=False)
+    assert torch.isfinite(out).all() and torch.equal(out, want)
+    assert torch.equal(k[:, :, :last], want_k[:, :, :last]) and torch.equal(v[:, :, :last], want_v[:, :, :last])
+    assert torch.isfinite(want_k[:, :, last]).all()  # the module path stored it
+    if {"avx2", "fma"} <= set(build_info()["cpu_features"]) and os.environ.get("WMK_ATTN_ISA") != "portable":
+        assert torch.isnan(k[:, :, last]).all() and torch.isnan(v[:, :, last]).all()
 
 
 def test_op_gets_the_packed_weights_where_the_layers_use_them(packed_linears):

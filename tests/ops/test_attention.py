@@ -533,6 +533,30 @@ def test_frame_decode_step_run_of_frames_equals_frame_by_frame(isa, t_max, d):
     torch.testing.assert_close(out.double(), torch.stack(outs, 1), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("isa", cpu_isas())
+@pytest.mark.parametrize("t_max", [16, 17], ids=["decode-kernel", "general-engine"])
+@pytest.mark.parametrize("n", [1, 3])
+def test_frame_decode_step_store_last_false(isa, t_max, n):
+    """store_last=False (a MaskGIT step, whose own K/V nobody reads again): the same output as store_last=True, the
+    other frames' K/V stored as before; the last frame's slot may be left unwritten. The float one-row decode kernels
+    (AVX2 / AVX-512, T_max <= 16) leave it as it was, NaN here, which also shows they never read it (NaN would spread
+    into the output); the general engine stores it."""
+    (q, k, v), kc, vc, nf, w, bias = _frame_run_case(t_max, 32, n=n)
+    kc1, vc1, kc_before, vc_before = kc.clone(), vc.clone(), kc.clone(), vc.clone()
+    with _isa(isa):
+        out = wmkernels.frame_decode_step(q, k, v, kc, vc, nf, qk_norm_weight=w, qk_norm_bias=bias, store_last=False)
+        want = wmkernels.frame_decode_step(q, k, v, kc1, vc1, nf, qk_norm_weight=w, qk_norm_bias=bias)
+    assert torch.isfinite(out).all() and torch.equal(out, want)
+    skipped = isa != "portable" and t_max <= 16
+    for i, c in enumerate(nf.tolist()):
+        last = c - 1 + n - 1
+        for got, stored, before in ((kc, kc1, kc_before), (vc, vc1, vc_before)):
+            assert torch.equal(got[i, :last].nan_to_num(), stored[i, :last].nan_to_num()), "a committed frame's K/V"
+            assert torch.equal(got[i, last].nan_to_num(), (before if skipped else stored)[i, last].nan_to_num())
+    with pytest.raises(TypeError, match="store_last must be a bool"):
+        wmkernels.frame_decode_step(q, k, v, kc, vc, nf, store_last=1)
+
+
 @pytest.mark.parametrize("device,backend", BACKENDS + [pytest.param("cpu", "reference", id="cpu-reference")])
 def test_frame_decode_step_run_of_frames_every_backend(device, backend):
     dtype = torch.float64 if backend == "reference" else torch.float32
@@ -546,6 +570,12 @@ def test_frame_decode_step_run_of_frames_every_backend(device, backend):
     torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(x[3].nan_to_num(), kc1.nan_to_num(), atol=0, rtol=0)
     torch.testing.assert_close(x[4].nan_to_num(), vc1.nan_to_num(), atol=0, rtol=0)
+    # store_last=False: the same output on every backend (each may or may not store the last frame)
+    (q, k, v), kc, vc, nf, w, bias = _frame_run_case(6, 16, dtype, b=2, n=2, s=3, h=2)
+    x = [t.to(device) for t in (q, k, v, kc, vc, nf, w, bias)]
+    got = wmkernels.frame_decode_step(*x[:3], x[3], x[4], x[5], qk_norm_weight=x[6], qk_norm_bias=x[7],
+                                      store_last=False, backend=backend)
+    torch.testing.assert_close(got, out, atol=0, rtol=0)
 
 
 def test_frame_decode_step_run_of_frames_float64_and_compile():

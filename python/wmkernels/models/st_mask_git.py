@@ -164,7 +164,9 @@ class STMaskGIT(nn.Module):
                       ) -> torch.Tensor:
         """Logits (B, S, F*V) of frame (B, S) (mask tokens allowed) at the cache's working slot.
 
-        Its K/V go into the working slot; num_frames is left unchanged. With `commit`, finished frames (B, S) or
+        num_frames is left unchanged, and so is what the cache holds for the committed frames. The frame's own K/V
+        are not kept: the working slot's contents afterwards are unspecified (the fused CPU pass does not write them;
+        a MaskGIT step's K/V are never read again, and the next pass overwrites the slot). With `commit`, finished frames (B, S) or
         (B, n, S) (no mask tokens), those are first committed at positions num_frames .. num_frames + n - 1, as
         `commit_frame` does, in the same pass: they and `frame` go through the model as one (n + 1)-frame forward
         (more rows per matrix product, fewer passes), and `frame` is decoded at the slot after them. Into an empty
@@ -189,7 +191,7 @@ class STMaskGIT(nn.Module):
         if n and cache.host_frames == 0 and (frames.device.type != "cpu" or torch.is_grad_enabled()):
             out = self._causal_pass(frames, cache, n, last_only=True)
         else:
-            out = self._decode_pass(frames, cache, n, last_only=True)
+            out = self._decode_pass(frames, cache, n, last_only=True, store_last=False)
         return self._readout(out[:, -1])
 
     def commit_frame(self, frame: torch.Tensor, cache: FrameKVCache) -> None:
@@ -208,14 +210,16 @@ class STMaskGIT(nn.Module):
         return out
 
     def _decode_pass(self, frames: torch.Tensor, cache: FrameKVCache, count: int, need_output: bool = True,
-                     last_only: bool = False):
-        """frames (B, n, S) at slots num_frames .. num_frames + n - 1, one pass against the cache storing their K/V;
-        the first `count` of them are counted as committed. Output as in _causal_pass."""
+                     last_only: bool = False, store_last: bool = True):
+        """frames (B, n, S) at slots num_frames .. num_frames + n - 1, one pass against the cache storing their K/V
+        (the last frame's only with store_last); the first `count` of them are counted as committed. Output as in
+        _causal_pass."""
         position = cache.position()
         n = frames.shape[1]
         positions = position if n == 1 else position + torch.arange(n, device=position.device)
         x = self._embed(frames, self.pos_embed_TSC.index_select(1, positions))
-        out = self.decoder.forward_decode(x, cache, position, need_output=need_output, last_only=last_only)
+        out = self.decoder.forward_decode(x, cache, position, need_output=need_output, last_only=last_only,
+                                          store_last=store_last)
         if count:
             cache.num_frames.add_(count)
             cache.host_frames += count

@@ -135,11 +135,13 @@ class STTransformer(nn.Module):
         return x
 
     def forward_decode(self, x: torch.Tensor, cache, position: torch.Tensor, need_output: bool = True,
-                       last_only: bool = False):
+                       last_only: bool = False, store_last: bool = True):
         """Frames x (B, n, S, C) at `position` .. position + n - 1 against the cache, their K/V written there.
 
         n = 1 is a MaskGIT step; n = 2 is the sampler's commit of a finished frame together with the next frame's
         first step (one pass with twice the rows instead of two passes). Output as in forward_prefill.
+        store_last=False (with need_output): the last frame's K/V need not be stored, as for a MaskGIT step whose
+        slot the next pass overwrites; that slot's contents are then unspecified (see `frame_decode_step`).
 
         Without autograd, outside torch.compile and on CPU, the whole stack runs as one C++ op
         (wmk::st_transformer_decode) that issues the same ops in the same order as the layers below (bitwise the
@@ -150,7 +152,8 @@ class STTransformer(nn.Module):
         if args is not None:
             params, num_heads, scales, eps, approximate, packed = args
             out = torch.ops.wmk.st_transformer_decode(x, params, cache.k, cache.v, position, num_heads, scales, eps,
-                                                      packed, approximate, need_output, last_only)
+                                                      packed, approximate, need_output, last_only,
+                                                      store_last or not need_output)
             return out if need_output else None
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):

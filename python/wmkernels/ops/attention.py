@@ -350,6 +350,7 @@ def frame_decode_step(
     qk_norm_weight: torch.Tensor | None = None,
     qk_norm_bias: torch.Tensor | None = None,
     qk_norm_eps: float = 1e-5,
+    store_last: bool = True,
     backend: str | None = None,
 ) -> torch.Tensor:
     """One cached decoding step of temporal attention (inference only: a backward pass through it raises): store
@@ -365,6 +366,10 @@ def frame_decode_step(
     q, k, v may also be (B, n, S, H, D): n consecutive frames, frame i written at slot num_frames[b] - 1 + i and
     attending over slots 0 .. num_frames[b] - 1 + i (n steps in one call; num_frames[b] + n - 1 <= T_max). The CPU
     kernel then reads the cache once for all n frames. Returns (B, n, S, H, D).
+
+    store_last=False: the caller will not read the last frame's slot afterwards (a MaskGIT step's own K/V), so a
+    kernel may leave it unwritten; its contents are then unspecified. The output is the same. The CPU kernel (float,
+    AVX2 / AVX-512) skips that write; the others store every frame.
     """
     op = "frame_decode_step"
     if not isinstance(q, torch.Tensor) or q.dim() not in (4, 5):
@@ -390,6 +395,8 @@ def frame_decode_step(
             raise ValueError(f"{op}: {name} is written in place, so no two of its elements may share memory (an "
                              f"expanded view?), got strides {t.stride()}")
     _check_norm(op, q if run else q.unsqueeze(1), qk_norm_weight, qk_norm_bias, qk_norm_eps)
+    if not isinstance(store_last, bool):
+        raise TypeError(f"{op}: store_last must be a bool, got {store_last!r}")
     scale = _scale(q, scale)
     impl = _decode_impl(op, backend, q, k_cache, num_frames, n=q.shape[1] if run else 1)
     if impl in ("reference", "triton"):
@@ -407,7 +414,7 @@ def frame_decode_step(
         v_cache[rows, slot] = v
         return frame_decode_attention(qn, k_cache, v_cache, num_frames, scale, backend=impl)
     return torch.ops.wmk.frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale, qk_norm_weight,
-                                           qk_norm_bias, qk_norm_eps)
+                                           qk_norm_bias, qk_norm_eps, store_last)
 
 
 # --- fake kernels (shapes only) for torch.compile / export ------------------------------------------------------
@@ -475,7 +482,7 @@ def _frame_decode_fake(q, k_cache, v_cache, num_frames, scale):
 
 @torch.library.register_fake("wmk::frame_decode_step")
 def _frame_decode_step_fake(q, k, v, k_cache, v_cache, num_frames, scale, qk_norm_weight=None, qk_norm_bias=None,
-                            qk_norm_eps=1e-5):
+                            qk_norm_eps=1e-5, store_last=True):
     return q.new_empty(q.shape)
 
 

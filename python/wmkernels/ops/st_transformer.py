@@ -12,7 +12,7 @@ import torch
 
 @torch.library.register_fake("wmk::st_transformer_decode")
 def _st_transformer_decode_fake(x, params, k_cache, v_cache, position, num_heads, scales, eps, packed,
-                                gelu_approximate="none", need_output=True, last_only=False):
+                                gelu_approximate="none", need_output=True, last_only=False, store_last=True):
     if not need_output:
         return x.new_empty((0,))
     b, n, s, c = x.shape
