@@ -273,46 +273,66 @@ struct Avx512Kernels : Avx2Kernels {
     return _mm512_add_ps(_mm512_shuffle_f32x4(d0, d1, 0x88), _mm512_shuffle_f32x4(d0, d1, 0xDD));
   }
 
-  // Frame decoding's one query row against lk <= 16 cached keys, read in place: q (dv values, scale and
-  // LayerNorm applied, zero past d); key/value row j at k + j * ksj, v + j * vsj (d contiguous floats each).
-  // Writes softmax(q k^T) v to out (d floats).
+  // Avx2Kernels::decode_rows with one zmm per row of 16 scores.
   static constexpr bool kHasDecodeRow = true;
   // On Zen 4 (the AVX-512 machine) prefetching the next position's rows made the decode ~30% faster.
   static constexpr bool kPrefetchDecode = true;
-  // With k_last / v_last, key and value row lk - 1 are read there instead (a frame whose K/V were not stored).
-  WMK_AVX512 static void decode_row(const float* q, const float* k, int64_t ksj, const float* v, int64_t vsj,
-                                    int64_t lk, int64_t d, float* out, const float* k_last = nullptr,
-                                    const float* v_last = nullptr) {
+  // pf_k / pf_v (may be null): row r's keys / values at the next position, pf_n of them, prefetched into L2 while
+  // row r's scores / weighted sum run (spread over the rows: all at once, they held the miss buffers).
+  WMK_AVX512 static void decode_rows(int64_t rows, const float* q, int64_t dv, const float* const* k, int64_t ksj,
+                                     const float* const* v, int64_t vsj, int64_t lk, int64_t d, float* const* out,
+                                     const float* const* k_last, const float* const* v_last,
+                                     const float* const* pf_k = nullptr, const float* const* pf_v = nullptr,
+                                     int64_t pf_n = 0) {
+    const auto prefetch = [&](const float* base, int64_t stride) {
+      for (int64_t j = 0; j < pf_n; ++j) prefetch_row_l2(base + j * stride, d);
+    };
+    alignas(64) float p[kDecodeRows][16];
+    float inv[kDecodeRows];
     const int64_t fresh = k_last != nullptr ? lk - 1 : -1;
-    const auto k_row = [&](int64_t j) { return j == fresh ? k_last : k + j * ksj; };
-    const auto v_row = [&](int64_t j) { return j == fresh ? v_last : v + j * vsj; };
-    __m512 acc[16];
-#pragma GCC unroll 16
-    for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < d; c += 16) {
-      const __mmask16 mask = first_lanes(d - c);
-      const __m512 qc = _mm512_loadu_ps(q + c);
-#pragma GCC unroll 16
-      for (int j = 0; j < 16; ++j)
-        if (j < lk) acc[j] = _mm512_fmadd_ps(qc, _mm512_maskz_loadu_ps(mask, k_row(j) + c), acc[j]);
-    }
     const __mmask16 vis = first_lanes(lk);
-    const __m512 s = sum_lanes16(acc);
-    const float mx = _mm512_mask_reduce_max_ps(vis, s);
-    const __m512 e = _mm512_maskz_mov_ps(vis, exp16(_mm512_sub_ps(s, _mm512_set1_ps(mx))));
-    const __m512 inv = _mm512_set1_ps(1.0f / hsum16(e));
-    alignas(64) float p[16];
-    _mm512_store_ps(p, e);
-    for (int64_t c = 0; c < d; c += 16) {
-      const __mmask16 mask = first_lanes(d - c);
-      __m512 o0 = _mm512_setzero_ps(), o1 = _mm512_setzero_ps();  // two chains: even and odd keys
-      int64_t j = 0;
-      for (; j + 2 <= lk; j += 2) {
-        o0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(mask, v_row(j) + c), o0);
-        o1 = _mm512_fmadd_ps(_mm512_set1_ps(p[j + 1]), _mm512_maskz_loadu_ps(mask, v_row(j + 1) + c), o1);
+    for (int64_t r = 0; r < rows; ++r) {  // the scores
+      if (pf_k != nullptr) prefetch(pf_k[r], ksj);
+      const float* kr = k[r];
+      const float* kl = fresh >= 0 ? k_last[r] : nullptr;
+      const auto k_row = [&](int64_t j) { return j == fresh ? kl : kr + j * ksj; };
+      __m512 acc[16];
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+      for (int64_t c = 0; c < d; c += 16) {
+        const __mmask16 mask = first_lanes(d - c);
+        const __m512 qc = _mm512_loadu_ps(q + r * dv + c);
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; ++j)
+          if (j < lk) acc[j] = _mm512_fmadd_ps(qc, _mm512_maskz_loadu_ps(mask, k_row(j) + c), acc[j]);
       }
-      if (j < lk) o0 = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_maskz_loadu_ps(mask, v_row(j) + c), o0);
-      _mm512_mask_storeu_ps(out + c, mask, _mm512_mul_ps(_mm512_add_ps(o0, o1), inv));
+      _mm512_store_ps(p[r], sum_lanes16(acc));
+    }
+    for (int64_t r = 0; r < rows; ++r) {  // the softmax numerators and 1 / their sum
+      const __m512 s = _mm512_load_ps(p[r]);
+      const float mx = _mm512_mask_reduce_max_ps(vis, s);
+      const __m512 e = _mm512_maskz_mov_ps(vis, exp16(_mm512_sub_ps(s, _mm512_set1_ps(mx))));
+      inv[r] = 1.0f / hsum16(e);
+      _mm512_store_ps(p[r], e);
+    }
+    for (int64_t r = 0; r < rows; ++r) {  // the weighted sums of the values
+      if (pf_v != nullptr) prefetch(pf_v[r], vsj);
+      const float* vr = v[r];
+      const float* vl = fresh >= 0 ? v_last[r] : nullptr;
+      const auto v_row = [&](int64_t j) { return j == fresh ? vl : vr + j * vsj; };
+      const float* pr = p[r];
+      const __m512 iv = _mm512_set1_ps(inv[r]);
+      for (int64_t c = 0; c < d; c += 16) {
+        const __mmask16 mask = first_lanes(d - c);
+        __m512 o0 = _mm512_setzero_ps(), o1 = _mm512_setzero_ps();  // two chains: even and odd keys
+        int64_t j = 0;
+        for (; j + 2 <= lk; j += 2) {
+          o0 = _mm512_fmadd_ps(_mm512_set1_ps(pr[j]), _mm512_maskz_loadu_ps(mask, v_row(j) + c), o0);
+          o1 = _mm512_fmadd_ps(_mm512_set1_ps(pr[j + 1]), _mm512_maskz_loadu_ps(mask, v_row(j + 1) + c), o1);
+        }
+        if (j < lk) o0 = _mm512_fmadd_ps(_mm512_set1_ps(pr[j]), _mm512_maskz_loadu_ps(mask, v_row(j) + c), o0);
+        _mm512_mask_storeu_ps(out[r] + c, mask, _mm512_mul_ps(_mm512_add_ps(o0, o1), iv));
+      }
     }
   }
 

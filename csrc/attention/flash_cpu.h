@@ -319,20 +319,7 @@ struct FrameWrite {
   bool store_last = true;
 };
 
-// Starts loading one contiguous row of d floats into L2 (not L1: prefetcht0 of the same rows made the decode
-// 2x slower, prefetcht2 made it ~30% faster on Zen 4, GENIE-35M layer, 13 cached frames read from DRAM; on Zen 3
-// it made it slower, so each kernel set says whether to use it: Kern::kPrefetchDecode).
-inline void prefetch_row_l2(const float* row, int64_t d) {
-  for (int64_t o = 0; o < d; o += 16) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    asm volatile("prefetcht2 %0" : : "m"(row[o]));
-#else
-    __builtin_prefetch(row + o, 0, 1);
-#endif
-  }
-}
-
-// Frame decoding (p.lq consecutive query frames, float, contiguous head dims) through the kernels' one-row decode:
+// Frame decoding (p.lq consecutive query frames, float, contiguous head dims) through the kernels' decode_rows:
 // per position and head, the scores, softmax and weighted sum of the cached rows read in place, with nothing
 // packed but the query rows. Query frame i sees lk + i keys (lk = lk_of(b)). The decode is bound by reading the
 // cache (2 x frames x S x H x D floats per layer and step), so each head's rows at the next position can be
@@ -385,19 +372,32 @@ void decode_forward(const Problem& p, Operand<float> q, Operand<float> k, Operan
         for (int64_t h = 0; h < heads; ++h)
           load_row(q.group(b, x, h) + i * q.st.l, q.st.d, d, dv, rows.data() + h * dv);
         normalize(rows.data(), norm);
-        for (int64_t h = 0; h < heads; ++h) {
-          if (Kern::kPrefetchDecode && i == 0) {
-            for (int64_t j = 0; j < next_lk; ++j) {  // head h's cached rows at the next position, into L2 (see above)
-              prefetch_row_l2(k.group(next.b, next.x, h) + j * k.st.l, d);
-              prefetch_row_l2(v.group(next.b, next.x, h) + j * v.st.l, d);
+        const bool local = keep_last && i == n - 1;
+        constexpr int64_t kRows = Kern::kDecodeRows;
+        for (int64_t h0 = 0; h0 < heads; h0 += kRows) {  // kRows heads per call (see Kern::decode_rows)
+          const int64_t hn = std::min(kRows, heads - h0);
+          const float *kp[kRows], *vp[kRows], *klp[kRows], *vlp[kRows], *pfk[kRows], *pfv[kRows];
+          float* op[kRows];
+          // The heads' cached rows at the next position, prefetched into L2 inside decode_rows, head by head
+          // (prefetching all of them before the call was slower: 4 heads' rows at once held the miss buffers).
+          const bool pf = Kern::kPrefetchDecode && i == 0 && next_lk > 0;
+          for (int64_t r = 0; r < hn; ++r) {
+            const int64_t h = h0 + r;
+            if (pf) {
+              pfk[r] = k.group(next.b, next.x, h);
+              pfv[r] = v.group(next.b, next.x, h);
             }
+            float* row = rows.data() + h * dv;
+            Kern::scale(row, d, scale, row);
+            kp[r] = k.group(b, x, h);
+            vp[r] = v.group(b, x, h);
+            op[r] = out.group(b, x, h) + i * out.st.l;
+            klp[r] = local ? last_k.data() + h * dv : nullptr;
+            vlp[r] = local ? last_v.data() + h * dv : nullptr;
           }
-          float* row = rows.data() + h * dv;
-          Kern::scale(row, d, scale, row);
-          const bool local = keep_last && i == n - 1;
-          Kern::decode_row(row, k.group(b, x, h), k.st.l, v.group(b, x, h), v.st.l, lk + i, d,
-                           out.group(b, x, h) + i * out.st.l, local ? last_k.data() + h * dv : nullptr,
-                           local ? last_v.data() + h * dv : nullptr);
+          Kern::decode_rows(hn, rows.data() + h0 * dv, dv, kp, k.st.l, vp, v.st.l, lk + i, d, op,
+                            local ? klp : nullptr, local ? vlp : nullptr, pf ? pfk : nullptr, pf ? pfv : nullptr,
+                            pf ? next_lk : 0);
         }
       }
     }
