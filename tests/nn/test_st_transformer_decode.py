@@ -169,6 +169,35 @@ def test_hooks_autograd_and_other_backends_take_the_module_path():
         assert model._decode_op_args(x) is None
 
 
+def test_reuse_decode_args_builds_them_once_per_block(packed_linears, monkeypatch):
+    """Inside reuse_decode_args the op's arguments are built at the first call and reused; outside, at every call.
+    A weight changed in place inside the block is still seen (its packed copy is looked up at every call)."""
+    model = _model()
+    x = torch.randn(B, 1, S, D_MODEL)
+    cache = _filled_cache(model, torch.randn(B, T, S, D_MODEL), 3)
+    builds = []
+    build = STTransformer._build_decode_op_args
+    monkeypatch.setattr(STTransformer, "_build_decode_op_args", lambda self, t: builds.append(1) or build(self, t))
+    step = lambda: model.forward_decode(x, copy.deepcopy(cache), torch.tensor([3]))  # noqa: E731
+    with torch.inference_mode():
+        want = step()
+        assert len(builds) == 1
+        with model.reuse_decode_args():
+            for _ in range(3):
+                assert torch.equal(step(), want)
+            assert len(builds) == 2
+            with torch.no_grad():
+                model.layers[1].mlp.fc1.weight.mul_(1.5)
+            changed = step()
+            assert len(builds) == 2 and not torch.equal(changed, want)
+        assert model._decode_args_memo is None
+        assert torch.equal(step(), changed)  # the same as rebuilt outside the block
+        assert len(builds) == 3
+        model.fused_decode = False
+        assert torch.equal(step(), changed)  # and as the module path
+        model.fused_decode = True
+
+
 def _op_args(dtype=torch.float32):
     model = _model(dtype=dtype)
     x = torch.randn(B, T, S, D_MODEL, dtype=dtype)

@@ -127,6 +127,24 @@ def test_matches_reference_genie_model_float64():
     _assert_logits_close(ours.first_step_logits, logits, rel=1e-12)
 
 
+def test_a_run_builds_the_fused_op_args_once(monkeypatch):
+    # The cached sampler's passes reuse the fused decode op's arguments within a run (STTransformer.reuse_decode_args)
+    # and rebuild them at the next run.
+    from wmkernels.nn import STTransformer
+
+    model = tiny_model()
+    prompt = _prompt(1, 3, model)
+    builds = []
+    build = STTransformer._build_decode_op_args
+    monkeypatch.setattr(STTransformer, "_build_decode_op_args", lambda self, x: builds.append(1) or build(self, x))
+    for run in (1, 2):
+        out = maskgit_generate(model, prompt, 3, steps=2, unmask_mode="greedy", progress=False)
+        assert len(builds) == run  # 6 passes, one build
+    ref = genie_maskgit_generate(model, prompt, 3, 2, 0.0, "greedy", None)[0]
+    assert torch.equal(out.tokens, ref)
+    assert model.decoder._decode_args_memo is None
+
+
 def test_inputs_are_not_modified_and_zero_new_frames():
     model = tiny_model()
     prompt = _prompt(1, 2, model)

@@ -157,7 +157,8 @@ def maskgit_generate(model, prompt: torch.Tensor, num_new_frames: int, steps: in
     if not use_cache:
         return GenerationResult(*genie_maskgit_generate(model, prompt, num_new_frames, steps, temperature,
                                                         unmask_mode, generator, window_stride))
-    with _sampling_cache(model, prompt.shape[0]) as cache:
+    # The fused decode op's arguments are built once for the run (the model does not change during it), not per pass.
+    with _sampling_cache(model, prompt.shape[0]) as cache, model.decoder.reuse_decode_args():
         return _generate(model, prompt, num_new_frames, steps, temperature, unmask_mode, generator, progress,
                          window_stride, cache)
 

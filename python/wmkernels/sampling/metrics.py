@@ -76,11 +76,12 @@ def teacher_forced_logits(model, tokens: torch.Tensor, num_prompt_frames: int = 
     cache = FrameKVCache.for_model(model, b)
     masked = torch.full((b, cfg.S), cfg.mask_token_id, dtype=torch.long, device=tokens.device)
     out = []
-    for i in range(num_prompt_frames, t):
-        # The true frames before i not yet cached (the prompt, then frame i - 1) are committed in the same pass
-        # that decodes the masked frame i.
-        commit = frames[:, :num_prompt_frames] if i == num_prompt_frames else frames[:, i - 1]
-        out.append(model.decode_logits(masked, cache, commit=commit).transpose(1, 2))
+    with model.decoder.reuse_decode_args():
+        for i in range(num_prompt_frames, t):
+            # The true frames before i not yet cached (the prompt, then frame i - 1) are committed in the same pass
+            # that decodes the masked frame i.
+            commit = frames[:, :num_prompt_frames] if i == num_prompt_frames else frames[:, i - 1]
+            out.append(model.decode_logits(masked, cache, commit=commit).transpose(1, 2))
     return torch.stack(out, dim=2).unflatten(-1, (cfg.H, cfg.W))
 
 
