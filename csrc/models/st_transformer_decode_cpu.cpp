@@ -136,35 +136,42 @@ at::Tensor st_transformer_decode(const at::Tensor& x_in, const c10::List<OptTens
     const double spatial_scale = scales[2 * layer], temporal_scale = scales[2 * layer + 1];
     at::Tensor k_layer = k_cache.select(0, layer), v_layer = v_cache.select(0, layer);
 
-    // x += spatial_attn(norm1(x))
-    const at::Tensor h = has_norm(layer, kEpsNorm1) ? norm(x, layer, kNorm1W, kNorm1B, kEpsNorm1) : x;
-    const at::Tensor spatial_qkv = qkv_of(h, layer, kSpatialQkvW, kSpatialQkvB, kPackedSpatialQkv,
-                                              "spatial_attn.qkv.weight");
-    const at::Tensor spatial = std::get<0>(spatial_attention_qkv(spatial_qkv, spatial_scale,
-                                                                 param(layer, kSpatialNormW),
-                                                                 param(layer, kSpatialNormB),
-                                                                 eps[layer * kEpsSlots + kEpsSpatial]));
+    // x += spatial_attn(norm1(x)). Each intermediate is released as soon as it is used, not at the end of the layer:
+    // the next one then reuses its (cache-hot) memory, and the first pass's 2,304-row intermediates no longer
+    // stack up (~33 MB live at a layer's end before, page faults in every sampler run as glibc grew the heap).
+    at::Tensor spatial;
+    {
+      const at::Tensor h = has_norm(layer, kEpsNorm1) ? norm(x, layer, kNorm1W, kNorm1B, kEpsNorm1) : x;
+      const at::Tensor spatial_qkv = qkv_of(h, layer, kSpatialQkvW, kSpatialQkvB, kPackedSpatialQkv,
+                                            "spatial_attn.qkv.weight");
+      spatial = std::get<0>(spatial_attention_qkv(spatial_qkv, spatial_scale, param(layer, kSpatialNormW),
+                                                  param(layer, kSpatialNormB), eps[layer * kEpsSlots + kEpsSpatial]));
+    }
     // Each residual sum goes in place into the projection's fresh output: the module path's x + out, bitwise (IEEE
     // addition commutes), without a new (rows, C) buffer per sum. A fresh buffer per sum cost ~1% of a pass on the
     // 2-core Xeon: the allocator's mmap/munmap (page faults, system time) and writes into memory not in cache.
     x = linear(spatial.reshape({b, x.size(1), s, c}), layer, kSpatialProjW, kSpatialProjB, kPackedSpatialProj,
                "spatial_attn.proj.weight").add_(x);
+    spatial.reset();
 
-    const auto qkv =
-        qkv_of(x, layer, kTemporalQkvW, kTemporalQkvB, kPackedTemporalQkv, "temporal_attn.qkv.weight").unbind(3);
-    if (last && !need_output) {  // the last layer of a commit: only its K/V are kept
-      at::Tensor k = qkv[1];
-      if (param(layer, kTemporalNormW).has_value()) k = norm(k, layer, kTemporalNormW, kTemporalNormB, kEpsTemporal);
-      const at::Tensor slots = n > 1 ? position + at::arange(n, position.options()) : position;
-      k_layer.index_copy_(1, slots, k);
-      v_layer.index_copy_(1, slots, qkv[2]);
-      return at::empty({0}, x.options());
+    at::Tensor temporal;
+    {
+      const auto qkv =
+          qkv_of(x, layer, kTemporalQkvW, kTemporalQkvB, kPackedTemporalQkv, "temporal_attn.qkv.weight").unbind(3);
+      if (last && !need_output) {  // the last layer of a commit: only its K/V are kept
+        at::Tensor k = qkv[1];
+        if (param(layer, kTemporalNormW).has_value()) k = norm(k, layer, kTemporalNormW, kTemporalNormB, kEpsTemporal);
+        const at::Tensor slots = n > 1 ? position + at::arange(n, position.options()) : position;
+        k_layer.index_copy_(1, slots, k);
+        v_layer.index_copy_(1, slots, qkv[2]);
+        return at::empty({0}, x.options());
+      }
+      // x += temporal_attn(x): the frames' K/V go into their slots (the last frame's only with store_last), each
+      // frame attends over the slots up to its own
+      temporal = frame_decode_step(qkv[0], qkv[1], qkv[2], k_layer, v_layer, num_frames, temporal_scale,
+                                   param(layer, kTemporalNormW), param(layer, kTemporalNormB),
+                                   eps[layer * kEpsSlots + kEpsTemporal], store_last);
     }
-    // x += temporal_attn(x): the frames' K/V go into their slots (the last frame's only with store_last), each
-    // frame attends over the slots up to its own
-    at::Tensor temporal = frame_decode_step(qkv[0], qkv[1], qkv[2], k_layer, v_layer, num_frames, temporal_scale,
-                                            param(layer, kTemporalNormW), param(layer, kTemporalNormB),
-                                            eps[layer * kEpsSlots + kEpsTemporal], store_last);
     if (last && last_only) {  // only the last frame's rows leave the stack
       // Contiguous, as SelfAttention.forward_decode makes it: a strided input would send aten::matmul to bmm or
       // to mm depending on whether the weights require grad, and the two round differently.
@@ -173,10 +180,11 @@ at::Tensor st_transformer_decode(const at::Tensor& x_in, const c10::List<OptTens
     }
     x = linear(temporal.reshape({b, x.size(1), s, c}), layer, kTemporalProjW, kTemporalProjB, kPackedTemporalProj,
                "temporal_attn.proj.weight").add_(x);
+    temporal.reset();
 
     // x += mlp(norm2(x)), GELU in place on fc1's fresh output (as Mlp.forward does without autograd)
-    const at::Tensor h2 = has_norm(layer, kEpsNorm2) ? norm(x, layer, kNorm2W, kNorm2B, kEpsNorm2) : x;
-    at::Tensor hidden = linear(h2, layer, kFc1W, kFc1B, kPackedFc1, "mlp.fc1.weight");
+    at::Tensor hidden = linear(has_norm(layer, kEpsNorm2) ? norm(x, layer, kNorm2W, kNorm2B, kEpsNorm2) : x, layer,
+                               kFc1W, kFc1B, kPackedFc1, "mlp.fc1.weight");
     at::gelu_(hidden, gelu_approximate);
     x = linear(hidden, layer, kFc2W, kFc2B, kPackedFc2, "mlp.fc2.weight").add_(x);
   }
