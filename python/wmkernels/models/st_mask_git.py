@@ -166,11 +166,12 @@ class STMaskGIT(nn.Module):
 
         num_frames is left unchanged, and so is what the cache holds for the committed frames. The frame's own K/V
         are not kept: the working slot's contents afterwards are unspecified (the fused CPU pass does not write them;
-        a MaskGIT step's K/V are never read again, and the next pass overwrites the slot). With `commit`, finished frames (B, S) or
-        (B, n, S) (no mask tokens), those are first committed at positions num_frames .. num_frames + n - 1, as
-        `commit_frame` does, in the same pass: they and `frame` go through the model as one (n + 1)-frame forward
-        (more rows per matrix product, fewer passes), and `frame` is decoded at the slot after them. Into an empty
-        cache this is `prefill` and the first step at once.
+        a MaskGIT step's K/V are never read again, and the next pass overwrites the slot).
+
+        With `commit`, finished frames (B, S) or (B, n, S) (no mask tokens), those are first committed at positions
+        num_frames .. num_frames + n - 1, as `commit_frame` does, in the same pass: they and `frame` go through the
+        model as one (n + 1)-frame forward (more rows per matrix product, fewer passes), and `frame` is decoded at the
+        slot after them. Into an empty cache this is `prefill` and the first step at once.
         """
         frames, n = frame.unsqueeze(1), 0
         if commit is not None:
