@@ -13,8 +13,9 @@ import torch
 class FrameKVCache:
     """Temporal K and V of every layer: `k`, `v` of shape (num_layers, B, T_max, S, H, D), filled in place.
 
-    `num_frames` is an int64 tensor of shape (): the count of committed frames (0 .. T_max). The frame being
-    sampled lives in slot `num_frames` and is overwritten at each MaskGIT step until it is committed.
+    `num_frames` is an int64 tensor of shape (): the count of committed frames (0 .. T_max). Slot `num_frames` is
+    the working slot of the frame being sampled: a MaskGIT step may write its K/V there (the fused CPU pass keeps them
+    to itself instead), and the next step or the commit overwrites it.
     """
 
     def __init__(self, num_layers: int, batch_size: int, max_frames: int, spatial_size: int, num_heads: int,
