@@ -221,6 +221,26 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> split_qkv(const char* op, 
   return {qkv.select(3, 0), qkv.select(3, 1), qkv.select(3, 2)};
 }
 
+// The CPU kernels of spatial_attention_qkv (the output only) and of frame_decode_step's (B, n, S, H, D) form,
+// writing into `out` (a view of a larger buffer, say) instead of a new tensor: for wmk::st_transformer_decode's
+// split pass, whose two tasks each fill part of one shared output. The ops' checks, plus out's.
+void spatial_attention_qkv_into_cpu(const at::Tensor& qkv, double scale, const c10::optional<at::Tensor>& weight,
+                                    const c10::optional<at::Tensor>& bias, double eps, at::Tensor& out);
+void frame_decode_step_into_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
+                                at::Tensor& v_cache, const at::Tensor& num_frames, double scale,
+                                const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                                double eps, bool store_last, at::Tensor& out);
+
+// out, to be written in place of a new tensor shaped like q: q's shape, dtype and device, its rows of D unit-strided,
+// and no two elements sharing memory.
+inline void check_into(const char* op, const at::Tensor& q, const at::Tensor& out) {
+  TORCH_CHECK_VALUE(out.sizes() == q.sizes() && out.scalar_type() == q.scalar_type() && out.device() == q.device(),
+                    op, ": out must have q's shape, dtype and device (", q.sizes(), ", ", q.scalar_type(), ", ",
+                    q.device(), "), got ", out.sizes(), ", ", out.scalar_type(), ", ", out.device());
+  TORCH_CHECK_VALUE(out.stride(-1) == 1 && at::has_internal_overlap(out) != at::MemOverlap::Yes, op,
+                    ": out must have unit stride along D and no overlapping elements, got strides ", out.strides());
+}
+
 // The ops' entry points for one device, bound to its generic implementations Forward(op, axis, q, k, v, causal,
 // scale, w, b, eps) and Backward(op, axis, grad_out, q, k, v, out, lse, causal, scale, w, b, eps, grads) -> (dw,
 // db), so the CPU and CUDA files register the same signatures. kZeroGrads: the device's backward accumulates into

@@ -87,24 +87,32 @@ MutOperand<T> mut_operand(at::Tensor& t, Axis axis) {
   return {t.data_ptr<T>(), roles_of(t, axis)};
 }
 
-std::tuple<at::Tensor, at::Tensor> forward(const char* op, Axis axis, const at::Tensor& q, const at::Tensor& k,
-                                           const at::Tensor& v, bool causal, double scale,
-                                           const c10::optional<at::Tensor>& weight,
-                                           const c10::optional<at::Tensor>& bias, double eps) {
+// `into`: the output's place, given (then no log-sum-exp is kept), or null for new tensors.
+std::tuple<at::Tensor, at::Tensor> forward_impl(const char* op, Axis axis, const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& v, bool causal, double scale,
+                                                const c10::optional<at::Tensor>& weight,
+                                                const c10::optional<at::Tensor>& bias, double eps, at::Tensor* into) {
   const Problem p = check_attention(op, axis, q, k, v, causal, scale, weight, bias, eps);
-  at::Tensor out = at::empty(q.sizes(), q.options());
-  at::Tensor lse = lse_output(q);
+  at::Tensor out = into != nullptr ? *into : at::empty(q.sizes(), q.options());
+  at::Tensor lse = into != nullptr ? at::Tensor() : lse_output(q);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "wmk_attention_cpu", [&] {
     using acc_t = acc_type_t<scalar_t>;
     const Norm<acc_t> norm = make_norm<acc_t>(weight, bias, eps, p.dim);
     with_kernels<acc_t>([&](auto kern) {
       cpu::flash_forward<scalar_t, acc_t, decltype(kern)>(
           p, operand<scalar_t>(q, axis), operand<scalar_t>(k, axis), operand<scalar_t>(v, axis),
-          mut_operand<scalar_t>(out, axis), lse.data_ptr<acc_t>(), roles_of(lse, axis), norm,
-          [&](int64_t) { return p.lk; });
+          mut_operand<scalar_t>(out, axis), lse.defined() ? lse.data_ptr<acc_t>() : nullptr,
+          lse.defined() ? roles_of(lse, axis) : Roles{0, 0, 0, 0, 0}, norm, [&](int64_t) { return p.lk; });
     });
   });
   return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> forward(const char* op, Axis axis, const at::Tensor& q, const at::Tensor& k,
+                                           const at::Tensor& v, bool causal, double scale,
+                                           const c10::optional<at::Tensor>& weight,
+                                           const c10::optional<at::Tensor>& bias, double eps) {
+  return forward_impl(op, axis, q, k, v, causal, scale, weight, bias, eps, nullptr);
 }
 
 NormGrads backward(const char* op, Axis axis, const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k,
@@ -199,12 +207,13 @@ void write_frame(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache, 
 // frame's slot unwritten (its queries read its K/V from a local copy). Returns (B, n, S, H, D).
 at::Tensor decode_cpu(const at::Tensor& q, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& frames,
                       double scale, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
-                      double eps, const std::pair<at::Tensor, at::Tensor>* fresh, bool store_last = true) {
+                      double eps, const std::pair<at::Tensor, at::Tensor>* fresh, bool store_last = true,
+                      at::Tensor* into = nullptr) {
   const int64_t t_max = k_cache.size(1), n = q.size(1);
   const int64_t* nf = frames.data_ptr<int64_t>();
   const bool per_batch = frames.numel() > 1;
   auto lk_of = [&](int64_t b) { return nf[per_batch ? b : 0]; };
-  at::Tensor out = at::empty(q.sizes(), q.options());
+  at::Tensor out = into != nullptr ? *into : at::empty(q.sizes(), q.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "frame_decode_attention", [&] {
     using acc_t = acc_type_t<scalar_t>;
     const Norm<acc_t> norm = make_norm<acc_t>(weight, bias, eps, q.size(4));
@@ -267,6 +276,27 @@ at::Tensor frame_decode_step_cpu(const at::Tensor& q, const at::Tensor& k, const
 }
 
 }  // namespace
+
+void spatial_attention_qkv_into_cpu(const at::Tensor& qkv, double scale, const c10::optional<at::Tensor>& weight,
+                                    const c10::optional<at::Tensor>& bias, double eps, at::Tensor& out) {
+  const char* op = "spatial_attention_qkv";
+  const auto [q, k, v] = split_qkv(op, qkv);
+  check_into(op, q, out);
+  forward_impl(op, Axis::kSpatial, q, k, v, false, scale, weight, bias, eps, &out);
+}
+
+void frame_decode_step_into_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
+                                at::Tensor& v_cache, const at::Tensor& num_frames, double scale,
+                                const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                                double eps, bool store_last, at::Tensor& out) {
+  const char* op = "frame_decode_step";
+  TORCH_CHECK_VALUE(q.dim() == 5, op, ": the output-taking form needs (B, n, S, H, D) frames, got shape ", q.sizes());
+  const int64_t n = check_frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale, weight, bias, eps);
+  check_into(op, q, out);
+  const at::Tensor frames = checked_frames(op, num_frames, k_cache.size(1), n);
+  const std::pair<at::Tensor, at::Tensor> fresh{k, v};
+  decode_cpu(q, k_cache, v_cache, frames, scale, weight, bias, eps, &fresh, store_last, &out);
+}
 
 TORCH_LIBRARY_IMPL(wmk, CPU, m) {
   m.impl("spatial_attention", &Entry::spatial);

@@ -51,5 +51,9 @@ bool is_mkl_pack(const at::Tensor& packed);
 // weight (n, k).
 std::optional<at::Tensor> linear(const char* op, const at::Tensor& x, int64_t n, int64_t k,
                                  const std::optional<at::Tensor>& bias, const at::Tensor& packed);
+// The same product written into `out`, a (rows, n) float32 CPU view with unit column stride (rows of a larger
+// buffer); false, with nothing written, where linear would return nullopt or out does not fit.
+bool linear_into(const char* op, const at::Tensor& x, int64_t n, int64_t k, const std::optional<at::Tensor>& bias,
+                 const at::Tensor& packed, at::Tensor& out);
 
 }  // namespace wmk::linear::mkl

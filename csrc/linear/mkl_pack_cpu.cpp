@@ -76,21 +76,27 @@ at::Tensor pack_unchecked(const at::Tensor& weight) {
   return packed;
 }
 
-at::Tensor compute_unchecked(const at::Tensor& a, int64_t n, int64_t k, const at::Tensor& bias,
-                             const at::Tensor& packed) {
-  const int64_t rows = a.size(0);
-  at::Tensor out = at::empty({rows, n}, a.options());
+// out (rows, n) = a @ B + bias, into rows whose stride is out.stride(0) (its stride(1) is 1).
+void compute_into(const at::Tensor& a, int64_t n, int64_t k, const at::Tensor& bias, const at::Tensor& packed,
+                  at::Tensor& out) {
+  const int64_t rows = a.size(0), ldc = out.stride(0);
   float* c = out.data_ptr<float>();
   if (bias.defined()) {  // MKL adds beta * C: C starts as the bias on every row, as at::addmm does
     const float* b = bias.data_ptr<float>();
     at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) std::memcpy(c + r * n, b, sizeof(float) * n);
+      for (int64_t r = begin; r < end; ++r) std::memcpy(c + r * ldc, b, sizeof(float) * n);
     });
   }
   const float* buffer = reinterpret_cast<const float*>(packed.data_ptr<uint8_t>() + kHeaderBytes);
   cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, static_cast<int>(rows), static_cast<int>(n),
                       static_cast<int>(k), a.data_ptr<float>(), static_cast<int>(a.stride(0)), buffer,
-                      static_cast<int>(k), bias.defined() ? 1.0f : 0.0f, c, static_cast<int>(n));
+                      static_cast<int>(k), bias.defined() ? 1.0f : 0.0f, c, static_cast<int>(ldc));
+}
+
+at::Tensor compute_unchecked(const at::Tensor& a, int64_t n, int64_t k, const at::Tensor& bias,
+                             const at::Tensor& packed) {
+  at::Tensor out = at::empty({a.size(0), n}, a.options());
+  compute_into(a, n, k, bias, packed, out);
   return out;
 }
 
@@ -151,8 +157,12 @@ bool is_mkl_pack(const at::Tensor& packed) {
   return std::memcmp(header_of(packed).magic, kMagic, sizeof(kMagic)) == 0;
 }
 
-std::optional<at::Tensor> linear(const char* op, const at::Tensor& x, int64_t n, int64_t k,
-                                 const std::optional<at::Tensor>& bias, const at::Tensor& packed) {
+namespace {
+
+// The rule shared by linear and linear_into: x (rows, k) as MKL's A (made contiguous where its rows are not), or
+// nullopt where the product is left to at::linear. Raises where `packed` does not belong to a weight (n, k).
+std::optional<at::Tensor> operand_a(const char* op, const at::Tensor& x, int64_t n, int64_t k,
+                                    const std::optional<at::Tensor>& bias, const at::Tensor& packed) {
   const Header h = header_of(packed);
   TORCH_CHECK_VALUE(h.n == n && h.k == k, op, ": packed is pack_linear_weight_mkl of a (", h.n, ", ", h.k,
                     ") weight, but weight is (", n, ", ", k, ")");
@@ -173,11 +183,32 @@ std::optional<at::Tensor> linear(const char* op, const at::Tensor& x, int64_t n,
   }
   at::Tensor a = x.reshape({rows, k});
   if (a.stride(1) != 1 || a.stride(0) < k || !fits_int(a.stride(0))) a = a.contiguous();
+  return a;
+}
+
+}  // namespace
+
+std::optional<at::Tensor> linear(const char* op, const at::Tensor& x, int64_t n, int64_t k,
+                                 const std::optional<at::Tensor>& bias, const at::Tensor& packed) {
+  const std::optional<at::Tensor> a = operand_a(op, x, n, k, bias, packed);
+  if (!a.has_value()) return std::nullopt;
   const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
-  at::Tensor out = compute_unchecked(a, n, k, bias_c, packed);
+  at::Tensor out = compute_unchecked(*a, n, k, bias_c, packed);
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = n;
   return out.view(shape);
+}
+
+bool linear_into(const char* op, const at::Tensor& x, int64_t n, int64_t k, const std::optional<at::Tensor>& bias,
+                 const at::Tensor& packed, at::Tensor& out) {
+  if (!out.device().is_cpu() || out.scalar_type() != at::kFloat || out.dim() != 2 || out.size(1) != n ||
+      out.stride(1) != 1 || out.stride(0) < n || !fits_int(out.stride(0)) || out.size(0) * k != x.numel()) {
+    return false;
+  }
+  const std::optional<at::Tensor> a = operand_a(op, x, n, k, bias, packed);
+  if (!a.has_value()) return false;
+  compute_into(*a, n, k, bias.has_value() ? bias->contiguous() : at::Tensor(), packed, out);
+  return true;
 }
 
 TORCH_LIBRARY_IMPL(wmk, CPU, m) { m.impl("pack_linear_weight_mkl", &pack_linear_weight_mkl); }

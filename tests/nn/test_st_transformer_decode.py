@@ -251,3 +251,108 @@ def test_bad_arguments_name_what_is_wrong():
             op(x, missing, cache.k, cache.v, position, heads, scales, eps, packed)
         with pytest.raises(ValueError, match="num_frames must lie in"):  # the decode op's own check, past T_max
             op(x, params, cache.k, cache.v, torch.tensor([T - 1]), heads, scales, eps, packed)
+
+
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _op_threads(model, x, cache, position, split, monkeypatch, **kwargs):
+    """(output, k, v, threads) of forward_decode through the op on a copy of the cache, with the split pass forced on
+    or off ($WMK_DECODE_SPLIT); threads: how many threads ran wmk::linear_prepacked (the profiler's view)."""
+    monkeypatch.setenv("WMK_DECODE_SPLIT", "1" if split else "0")
+    c = copy.deepcopy(cache)
+    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = model.forward_decode(x, c, position, **kwargs)
+    threads = {e.thread for e in prof.events() if e.name == "wmk::linear_prepacked"}
+    return out, c.k, c.v, len(threads)
+
+
+# (S, heads): even and odd frame sizes (a frame of S = 33 splits 16 / 17), and 5 heads (a split frame's heads
+# split 2 / 3)
+@pytest.mark.parametrize("s, heads", [(32, 4), (33, 4), (66, 5)])
+@pytest.mark.parametrize("config", ["genie", "layernorm", "all_biases"])
+@pytest.mark.parametrize("start, n, last_only, store_last", [
+    (2, 1, True, False),  # a MaskGIT step
+    (2, 2, True, False),  # a commit and the next step
+    (0, 4, True, False),  # the first pass: prompt and first step (halves end at a frame's end)
+    (0, 3, True, False),  # ... with a frame split between the halves
+    (1, 3, False, True),  # all frames' rows out, every frame stored
+])
+def test_split_pass_is_bitwise_the_unsplit_pass(s, heads, config, start, n, last_only, store_last, packed_linears,
+                                                two_threads, monkeypatch):
+    """Batch 1 on 2 threads: the pass as two tasks, each on half of the rows (csrc/models/st_transformer_decode_cpu.cpp,
+    split_pass), gives bitwise the unsplit pass's output and K/V; and it does run split (the products on 2 threads,
+    where the unsplit pass calls every op from one)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        model = STTransformer(LAYERS, heads * 8, heads, **CONFIGS[config])
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.3)
+    model.eval()
+    c = heads * 8
+    x = torch.randn(1, T, s, c, generator=torch.Generator().manual_seed(1))
+    cache = FrameKVCache(LAYERS, 1, T, s, heads, 8)
+    if start:
+        with torch.no_grad():
+            model.forward_prefill(x[:, :start], cache, need_output=False)
+    frames = x[:, start:start + n]
+    before = frames.clone()
+    position = torch.tensor([start])
+    kwargs = dict(last_only=last_only, store_last=store_last)
+    out, k, v, split_threads = _op_threads(model, frames, cache, position, True, monkeypatch, **kwargs)
+    want, want_k, want_v, threads = _op_threads(model, frames, cache, position, False, monkeypatch, **kwargs)
+    assert (split_threads, threads) == (2, 1)
+    assert torch.equal(frames, before)
+    assert out.shape == want.shape == (1, 1 if last_only else n, s, c)
+    assert torch.equal(out, want)
+    stored = start + n if store_last else start + n - 1
+    assert torch.equal(k[:, :, :stored], want_k[:, :, :stored]) and torch.equal(v[:, :, :stored],
+                                                                                want_v[:, :, :stored])
+
+
+def test_split_pass_only_where_it_applies(two_threads, monkeypatch):
+    """Batch 2, one thread, float64 and a pass without output take the unsplit pass, split forced on or not; and
+    the split is off with $WMK_DECODE_SPLIT=0."""
+    model = _model()
+    x = torch.randn(2, T, S, D_MODEL)
+    cache = _filled_cache(model, x, 2)
+    position = torch.tensor([2])
+    assert _op_threads(model, x[:1, 2:3], _one(cache), position, True, monkeypatch)[3] == 2
+    assert _op_threads(model, x[:, 2:3], cache, position, True, monkeypatch)[3] == 1  # batch 2
+    torch.set_num_threads(1)
+    assert _op_threads(model, x[:1, 2:3], _one(cache), position, True, monkeypatch)[3] == 1
+    torch.set_num_threads(2)
+    for split in (True, False):  # no output: the commit-only pass; with $WMK_DECODE_SPLIT=0 the op calls from one
+        assert _op_threads(model, x[:1, 2:3], _one(cache), position, split, monkeypatch, need_output=False)[3] == 1
+    model64, x64 = _model(dtype=torch.float64), x.double()
+    cache64 = _filled_cache(model64, x64, 2)
+    with torch.no_grad():
+        assert _op_threads(model64, x64[:1, 2:3], _one(cache64), position, True, monkeypatch)[3] == 1
+
+
+def _one(cache):
+    """The first batch entry of a FrameKVCache, as a cache of batch 1."""
+    one = FrameKVCache(LAYERS, 1, T, S, HEADS, D_MODEL // HEADS, dtype=cache.k.dtype)
+    one.k.copy_(cache.k[:, :1])
+    one.v.copy_(cache.v[:, :1])
+    one.num_frames.copy_(cache.num_frames)
+    one.host_frames = cache.host_frames
+    return one
+
+
+def test_split_pass_raises_the_tasks_error(two_threads, monkeypatch):
+    """An error inside the tasks (here a layer without its weight, found by both) comes out as the op's error."""
+    model, x, params, cache, (heads, scales, eps, packed, approximate) = _op_args()
+    monkeypatch.setenv("WMK_DECODE_SPLIT", "1")
+    k, v = cache.k[:, :1].clone(), cache.v[:, :1].clone()
+    missing = list(params)
+    missing[20 + 2] = None  # layer 1's spatial qkv weight
+    with torch.no_grad(), pytest.raises(ValueError, match="layer 1 has no spatial_attn.qkv.weight"):
+        torch.ops.wmk.st_transformer_decode(x[:1], missing, k, v, torch.tensor([2]), heads, scales, eps, packed,
+                                            approximate, True, True)

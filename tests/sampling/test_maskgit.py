@@ -229,3 +229,26 @@ def test_greedy_digits_are_each_digits_argmax_first_of_ties():
             want_conf = want_conf * probs[:, :, j].gather(-1, digit.unsqueeze(-1)).squeeze(-1)
         tokens, confidence = sample_digits(logits, num, size, 0.0)
         assert torch.equal(tokens, want_tokens) and torch.equal(confidence, want_conf)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_split_decode_pass_gives_the_same_run(temperature, monkeypatch):
+    """Batch 1 on 2 threads with the fused decode pass split into two tasks ($WMK_DECODE_SPLIT=1; by default only
+    where MKL's packed product runs): the same tokens as GENIE's uncached sampler, and bitwise the unsplit run's
+    first-step logits, over a sliding window."""
+    model = tiny_model(seed=4)
+    prompt = _prompt(1, 3, model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = {}
+        for split in ("1", "0"):
+            monkeypatch.setenv("WMK_DECODE_SPLIT", split)
+            runs[split] = maskgit_generate(model, prompt, 9, 2, temperature, generator=torch.Generator().manual_seed(3),
+                                           progress=False)
+        genie = maskgit_generate(model, prompt, 9, 2, temperature, generator=torch.Generator().manual_seed(3),
+                                 use_cache=False, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(runs["1"].tokens, genie.tokens) and torch.equal(runs["1"].tokens, runs["0"].tokens)
+    assert torch.equal(runs["1"].first_step_logits, runs["0"].first_step_logits)
