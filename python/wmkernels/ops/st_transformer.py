@@ -4,6 +4,11 @@
 running its layers from Python: the op issues the same ATen and wmk ops in the same order, so the result is bitwise
 the module path's, without ~600 Python-level op calls per GENIE-35M pass. The argument lists are built by
 `STTransformer._decode_op_args`; see csrc/models/st_transformer_decode_cpu.cpp for their layout.
+
+A batch-1 float32 pass on 2 threads runs there as two tasks, one per thread, each running the ops single-threaded on
+half of the rows and meeting the other only where it needs the other's rows: bitwise the same output. It is on where
+the Linears take MKL's packed product and every product has 64 to 1,024 rows; `WMK_DECODE_SPLIT=1` turns it on
+wherever it applies (2 or more threads), `WMK_DECODE_SPLIT=0` off.
 """
 from __future__ import annotations
 
