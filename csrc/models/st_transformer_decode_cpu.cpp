@@ -236,6 +236,7 @@ std::optional<at::Tensor> split_pass(const Stack& st, const at::Tensor& x_in, at
     return std::nullopt;
   }
 
+  const at::Tensor x_rows = x_in.contiguous();  // read as rows (frame-major)
   const auto opts = x_in.options();
   const int64_t mid_frame = mid / s;  // the frame the halves meet in (or start at)
   // The shared buffers: the spatial projection and attention where a frame is split; the temporal projection and
@@ -259,7 +260,7 @@ std::optional<at::Tensor> split_pass(const Stack& st, const at::Tensor& x_in, at
     const int64_t r0 = t == 0 ? 0 : mid, len = t == 0 ? mid : rows - mid;
     const int64_t p0 = t == 0 ? 0 : s / 2, pn = t == 0 ? s / 2 : s - s / 2;  // its positions, with several frames
     const auto view_rows = [&](const at::Tensor& h, int64_t width) { return h.view({1, 1, len, width}); };
-    at::Tensor x = view_rows(rows_of(x_in, r0, len), c);
+    at::Tensor x = view_rows(rows_of(x_rows, r0, len), c);
     for (int64_t layer = 0; layer < layers; ++layer) {
       const bool last = layer == layers - 1;
       // x += spatial_attn(norm1(x))

@@ -302,6 +302,8 @@ def test_split_pass_is_bitwise_the_unsplit_pass(s, heads, config, start, n, last
         with torch.no_grad():
             model.forward_prefill(x[:, :start], cache, need_output=False)
     frames = x[:, start:start + n]
+    if n == 3:  # a non-contiguous input: the same values, frames and positions strided
+        frames = frames.transpose(1, 2).contiguous().transpose(1, 2)
     before = frames.clone()
     position = torch.tensor([start])
     kwargs = dict(last_only=last_only, store_last=store_last)
@@ -356,3 +358,14 @@ def test_split_pass_raises_the_tasks_error(two_threads, monkeypatch):
     with torch.no_grad(), pytest.raises(ValueError, match="layer 1 has no spatial_attn.qkv.weight"):
         torch.ops.wmk.st_transformer_decode(x[:1], missing, k, v, torch.tensor([2]), heads, scales, eps, packed,
                                             approximate, True, True)
+
+
+def test_split_pass_opcheck(two_threads, monkeypatch):
+    """torch.library.opcheck on a batch-1 pass with the split forced on (the CPU kernel then runs as two tasks)."""
+    model, x, params, cache, (heads, scales, eps, packed, approximate) = _op_args()
+    monkeypatch.setenv("WMK_DECODE_SPLIT", "1")
+    params = [None if p is None else p.detach() for p in params]
+    for n, last_only in ((1, False), (2, True)):
+        args = (x[:1, :n].contiguous(), params, cache.k[:, :1].clone(), cache.v[:, :1].clone(), torch.tensor([2]),
+                heads, scales, eps, packed, approximate, True, last_only)
+        torch.library.opcheck(torch.ops.wmk.st_transformer_decode, args)
