@@ -202,8 +202,9 @@ std::optional<at::Tensor> linear(const char* op, const at::Tensor& x, int64_t n,
 bool linear_into(const char* op, const at::Tensor& x, int64_t n, int64_t k, const std::optional<at::Tensor>& bias,
                  const at::Tensor& packed, at::Tensor& out) {
   if (!out.device().is_cpu() || out.scalar_type() != at::kFloat || out.dim() != 2 || out.size(1) != n ||
-      out.stride(1) != 1 || out.stride(0) < n || !fits_int(out.stride(0)) || out.size(0) * k != x.numel()) {
-    return false;
+      out.stride(1) != 1 || out.stride(0) < n || !fits_int(out.stride(0)) || out.size(0) * k != x.numel() ||
+      x.size(-1) != k || (bias.has_value() && (bias->dim() != 1 || bias->size(0) != n || !bias->device().is_cpu()))) {
+    return false;  // the caller's fallback (linear_prepacked) raises where an argument is wrong
   }
   const std::optional<at::Tensor> a = operand_a(op, x, n, k, bias, packed);
   if (!a.has_value()) return false;

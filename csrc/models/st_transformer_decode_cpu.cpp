@@ -157,6 +157,7 @@ struct Stack {
     const at::Tensor weight = required(layer, w, name);
     const OptTensor packed_w = packed_weight(layer, p);
     if (packed_w.has_value() && linear::mkl::is_mkl_pack(*packed_w) && weight.dim() == 2 &&
+        weight.device() == h.device() &&
         linear::mkl::linear_into("st_transformer_decode", h, weight.size(0), weight.size(1), param(layer, bias),
                                  *packed_w, out)) {
       return;

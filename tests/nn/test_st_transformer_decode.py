@@ -358,6 +358,18 @@ def test_split_pass_raises_the_tasks_error(two_threads, monkeypatch):
     with torch.no_grad(), pytest.raises(ValueError, match="layer 1 has no spatial_attn.qkv.weight"):
         torch.ops.wmk.st_transformer_decode(x[:1], missing, k, v, torch.tensor([2]), heads, scales, eps, packed,
                                             approximate, True, True)
+    # A bias of the wrong size on a product written into a shared buffer (2 frames of 66 rows: MKL's packed product,
+    # where the Linears take it): linear_prepacked's error, not a read past the bias
+    model = _model(qkv_bias=True)
+    x66 = torch.randn(1, 2, 66, D_MODEL)
+    cache = FrameKVCache(LAYERS, 1, T, 66, HEADS, D_MODEL // HEADS)
+    with torch.no_grad():
+        params, heads, scales, eps, approximate, packed = model._decode_op_args(x66)
+    wrong = list(params)
+    wrong[20 + 9] = torch.zeros(3 * D_MODEL - 1)  # layer 1's temporal qkv bias
+    with torch.no_grad(), pytest.raises(ValueError, match="bias must be"):
+        torch.ops.wmk.st_transformer_decode(x66, wrong, cache.k, cache.v, torch.tensor([0]), heads, scales, eps,
+                                            packed, approximate, True, True)
 
 
 def test_split_pass_opcheck(two_threads, monkeypatch):
