@@ -262,17 +262,27 @@ at::Tensor frame_decode_attention_cpu(const at::Tensor& q, const at::Tensor& k_c
   return decode_cpu(q.unsqueeze(1), kc, vc, frames, scale, c10::nullopt, c10::nullopt, 0.0, nullptr).squeeze(1);
 }
 
+// frame_decode_step's checks and kernel, into `into` where given (a (B, n, S, H, D) view).
+at::Tensor decode_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
+                       at::Tensor& v_cache, const at::Tensor& num_frames, double scale,
+                       const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias, double eps,
+                       bool store_last, at::Tensor* into) {
+  const char* op = "frame_decode_step";
+  const int64_t n = check_frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale, weight, bias, eps);
+  if (into != nullptr) check_into(op, q, *into);
+  const at::Tensor frames = checked_frames(op, num_frames, k_cache.size(1), n);
+  const bool run = q.dim() == 5;  // (B, n, S, H, D); else one (B, S, H, D) frame
+  const auto as_run = [&](const at::Tensor& t) { return run ? t : t.unsqueeze(1); };
+  const std::pair<at::Tensor, at::Tensor> fresh{as_run(k), as_run(v)};
+  at::Tensor out = decode_cpu(as_run(q), k_cache, v_cache, frames, scale, weight, bias, eps, &fresh, store_last, into);
+  return run ? out : out.squeeze(1);
+}
+
 at::Tensor frame_decode_step_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
                                  at::Tensor& v_cache, const at::Tensor& num_frames, double scale,
                                  const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
                                  double eps, bool store_last) {
-  const int64_t n = check_frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale, weight, bias, eps);
-  const at::Tensor frames = checked_frames("frame_decode_step", num_frames, k_cache.size(1), n);
-  const bool run = q.dim() == 5;  // (B, n, S, H, D); else one (B, S, H, D) frame
-  const auto as_run = [&](const at::Tensor& t) { return run ? t : t.unsqueeze(1); };
-  const std::pair<at::Tensor, at::Tensor> fresh{as_run(k), as_run(v)};
-  at::Tensor out = decode_cpu(as_run(q), k_cache, v_cache, frames, scale, weight, bias, eps, &fresh, store_last);
-  return run ? out : out.squeeze(1);
+  return decode_step(q, k, v, k_cache, v_cache, num_frames, scale, weight, bias, eps, store_last, nullptr);
 }
 
 }  // namespace
@@ -289,13 +299,9 @@ void frame_decode_step_into_cpu(const at::Tensor& q, const at::Tensor& k, const 
                                 at::Tensor& v_cache, const at::Tensor& num_frames, double scale,
                                 const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
                                 double eps, bool store_last, at::Tensor& out) {
-  const char* op = "frame_decode_step";
-  TORCH_CHECK_VALUE(q.dim() == 5, op, ": the output-taking form needs (B, n, S, H, D) frames, got shape ", q.sizes());
-  const int64_t n = check_frame_decode_step(q, k, v, k_cache, v_cache, num_frames, scale, weight, bias, eps);
-  check_into(op, q, out);
-  const at::Tensor frames = checked_frames(op, num_frames, k_cache.size(1), n);
-  const std::pair<at::Tensor, at::Tensor> fresh{k, v};
-  decode_cpu(q, k_cache, v_cache, frames, scale, weight, bias, eps, &fresh, store_last, &out);
+  TORCH_CHECK_VALUE(q.dim() == 5, "frame_decode_step: the output-taking form needs (B, n, S, H, D) frames, got shape ",
+                    q.sizes());
+  decode_step(q, k, v, k_cache, v_cache, num_frames, scale, weight, bias, eps, store_last, &out);
 }
 
 TORCH_LIBRARY_IMPL(wmk, CPU, m) {

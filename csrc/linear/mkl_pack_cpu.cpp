@@ -159,17 +159,22 @@ bool is_mkl_pack(const at::Tensor& packed) {
 
 namespace {
 
-// The rule shared by linear and linear_into: x (rows, k) as MKL's A (made contiguous where its rows are not), or
-// nullopt where the product is left to at::linear. Raises where `packed` does not belong to a weight (n, k).
-std::optional<at::Tensor> operand_a(const char* op, const at::Tensor& x, int64_t n, int64_t k,
-                                    const std::optional<at::Tensor>& bias, const at::Tensor& packed) {
+// The rule shared by linear and linear_into: x as MKL's A (rows, k) (made contiguous where its rows are not) and the
+// bias contiguous (undefined without one), or nullopt where the product is left to at::linear, which also raises
+// where x or the bias does not fit the weight. Raises where `packed` does not belong to a weight (n, k).
+struct Operands {
+  at::Tensor a, bias;
+};
+std::optional<Operands> operands(const char* op, const at::Tensor& x, int64_t n, int64_t k,
+                                 const std::optional<at::Tensor>& bias, const at::Tensor& packed) {
   const Header h = header_of(packed);
   TORCH_CHECK_VALUE(h.n == n && h.k == k, op, ": packed is pack_linear_weight_mkl of a (", h.n, ", ", h.k,
                     ") weight, but weight is (", n, ", ", k, ")");
   TORCH_CHECK_VALUE(h.bytes >= 0 && packed.numel() == kHeaderBytes + h.bytes, op, ": packed holds ", packed.numel(),
                     " bytes, expected ", kHeaderBytes + h.bytes, " (pack_linear_weight_mkl's output, unmodified)");
-  if (!x.device().is_cpu() || x.scalar_type() != at::kFloat ||
-      (bias.has_value() && bias->scalar_type() != at::kFloat) || k < 1 || n < 1) {
+  if (!x.device().is_cpu() || x.scalar_type() != at::kFloat || k < 1 || n < 1 || x.dim() < 1 || x.size(-1) != k ||
+      (bias.has_value() && (bias->scalar_type() != at::kFloat || bias->dim() != 1 || bias->size(0) != n ||
+                            !bias->device().is_cpu()))) {
     return std::nullopt;
   }
   const int64_t rows = x.numel() / k;
@@ -183,17 +188,16 @@ std::optional<at::Tensor> operand_a(const char* op, const at::Tensor& x, int64_t
   }
   at::Tensor a = x.reshape({rows, k});
   if (a.stride(1) != 1 || a.stride(0) < k || !fits_int(a.stride(0))) a = a.contiguous();
-  return a;
+  return Operands{a, bias.has_value() ? bias->contiguous() : at::Tensor()};
 }
 
 }  // namespace
 
 std::optional<at::Tensor> linear(const char* op, const at::Tensor& x, int64_t n, int64_t k,
                                  const std::optional<at::Tensor>& bias, const at::Tensor& packed) {
-  const std::optional<at::Tensor> a = operand_a(op, x, n, k, bias, packed);
-  if (!a.has_value()) return std::nullopt;
-  const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
-  at::Tensor out = compute_unchecked(*a, n, k, bias_c, packed);
+  const std::optional<Operands> ops = operands(op, x, n, k, bias, packed);
+  if (!ops.has_value()) return std::nullopt;
+  at::Tensor out = compute_unchecked(ops->a, n, k, ops->bias, packed);
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = n;
   return out.view(shape);
@@ -202,13 +206,12 @@ std::optional<at::Tensor> linear(const char* op, const at::Tensor& x, int64_t n,
 bool linear_into(const char* op, const at::Tensor& x, int64_t n, int64_t k, const std::optional<at::Tensor>& bias,
                  const at::Tensor& packed, at::Tensor& out) {
   if (!out.device().is_cpu() || out.scalar_type() != at::kFloat || out.dim() != 2 || out.size(1) != n ||
-      out.stride(1) != 1 || out.stride(0) < n || !fits_int(out.stride(0)) || out.size(0) * k != x.numel() ||
-      x.size(-1) != k || (bias.has_value() && (bias->dim() != 1 || bias->size(0) != n || !bias->device().is_cpu()))) {
-    return false;  // the caller's fallback (linear_prepacked) raises where an argument is wrong
+      out.stride(1) != 1 || out.stride(0) < n || !fits_int(out.stride(0)) || out.size(0) * k != x.numel()) {
+    return false;
   }
-  const std::optional<at::Tensor> a = operand_a(op, x, n, k, bias, packed);
-  if (!a.has_value()) return false;
-  compute_into(*a, n, k, bias.has_value() ? bias->contiguous() : at::Tensor(), packed, out);
+  const std::optional<Operands> ops = operands(op, x, n, k, bias, packed);
+  if (!ops.has_value()) return false;  // the caller's fallback (linear_prepacked) raises where an argument is wrong
+  compute_into(ops->a, n, k, ops->bias, packed, out);
   return true;
 }
 

@@ -164,27 +164,40 @@ struct Stack {
     }
     out.copy_(linear_prepacked(h, weight, param(layer, bias), packed_w).reshape(out.sizes()));
   }
+  // A layer's attention arguments after q/k/v: scale, the qk LayerNorm's weight and bias, its eps.
+  struct Attn {
+    double scale;
+    OptTensor w, b;
+    double eps;
+  };
+  Attn spatial_args(int64_t layer) const {
+    return {scales[2 * layer], param(layer, kSpatialNormW), param(layer, kSpatialNormB),
+            eps[layer * kEpsSlots + kEpsSpatial]};
+  }
+  Attn temporal_args(int64_t layer) const {
+    return {scales[2 * layer + 1], param(layer, kTemporalNormW), param(layer, kTemporalNormB),
+            eps[layer * kEpsSlots + kEpsTemporal]};
+  }
   // Spatial attention over a fused projection qkv (B, n, S, 3, H, D), or over some of its heads (a view)
   at::Tensor spatial(const at::Tensor& qkv, int64_t layer) const {
-    return std::get<0>(spatial_attention_qkv(qkv, scales[2 * layer], param(layer, kSpatialNormW),
-                                             param(layer, kSpatialNormB), eps[layer * kEpsSlots + kEpsSpatial]));
+    const Attn a = spatial_args(layer);
+    return std::get<0>(spatial_attention_qkv(qkv, a.scale, a.w, a.b, a.eps));
   }
   void spatial_into(const at::Tensor& qkv, int64_t layer, at::Tensor& out) const {
-    attention::spatial_attention_qkv_into_cpu(qkv, scales[2 * layer], param(layer, kSpatialNormW),
-                                              param(layer, kSpatialNormB), eps[layer * kEpsSlots + kEpsSpatial], out);
+    const Attn a = spatial_args(layer);
+    attention::spatial_attention_qkv_into_cpu(qkv, a.scale, a.w, a.b, a.eps, out);
+  }
+  at::Tensor decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor k_layer,
+                    at::Tensor v_layer, const at::Tensor& num_frames, int64_t layer, bool store_last) const {
+    const Attn a = temporal_args(layer);
+    return frame_decode_step(q, k, v, k_layer, v_layer, num_frames, a.scale, a.w, a.b, a.eps, store_last);
   }
   void decode_into(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor k_layer,
                    at::Tensor v_layer, const at::Tensor& num_frames, int64_t layer, bool store_last,
                    at::Tensor& out) const {
-    attention::frame_decode_step_into_cpu(q, k, v, k_layer, v_layer, num_frames, scales[2 * layer + 1],
-                                          param(layer, kTemporalNormW), param(layer, kTemporalNormB),
-                                          eps[layer * kEpsSlots + kEpsTemporal], store_last, out);
-  }
-  at::Tensor decode(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor k_layer,
-                    at::Tensor v_layer, const at::Tensor& num_frames, int64_t layer, bool store_last) const {
-    return frame_decode_step(q, k, v, k_layer, v_layer, num_frames, scales[2 * layer + 1],
-                             param(layer, kTemporalNormW), param(layer, kTemporalNormB),
-                             eps[layer * kEpsSlots + kEpsTemporal], store_last);
+    const Attn a = temporal_args(layer);
+    attention::frame_decode_step_into_cpu(q, k, v, k_layer, v_layer, num_frames, a.scale, a.w, a.b, a.eps,
+                                          store_last, out);
   }
   // x + mlp(norm2(x)), GELU in place on fc1's fresh output (as Mlp.forward does without autograd)
   at::Tensor mlp(const at::Tensor& x, int64_t layer, c10::string_view gelu_approximate) const {
