@@ -16,10 +16,10 @@ D_MODEL, HEADS, LAYERS = 32, 4, 3
 B, T, S = 2, 6, 33  # a frame is B * S = 66 rows: MKL's packed product serves 64 .. 1,024 (nn.packed_linear)
 
 
-def _model(seed=0, dtype=torch.float32, **kwargs):
+def _model(seed=0, dtype=torch.float32, d_model=D_MODEL, heads=HEADS, **kwargs):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = STTransformer(LAYERS, D_MODEL, HEADS, **kwargs)
+        model = STTransformer(LAYERS, d_model, heads, **kwargs)
         with torch.no_grad():  # random LayerNorm weights and biases too, so that every parameter matters
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.3)
@@ -288,14 +288,8 @@ def test_split_pass_is_bitwise_the_unsplit_pass(s, heads, config, start, n, last
     """Batch 1 on 2 threads: the pass as two tasks, each on half of the rows (csrc/models/st_transformer_decode_cpu.cpp,
     split_pass), gives bitwise the unsplit pass's output and K/V; and it does run split (the products on 2 threads,
     where the unsplit pass calls every op from one)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(3)
-        model = STTransformer(LAYERS, heads * 8, heads, **CONFIGS[config])
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p) * 0.3)
-    model.eval()
     c = heads * 8
+    model = _model(seed=3, d_model=c, heads=heads, **CONFIGS[config])
     x = torch.randn(1, T, s, c, generator=torch.Generator().manual_seed(1))
     cache = FrameKVCache(LAYERS, 1, T, s, heads, 8)
     if start:
